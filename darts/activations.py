@@ -1,0 +1,98 @@
+"""Activation of the architecture weights α (paper §3.1).
+
+An activation turns raw α (E × K, one row per edge) into the op weights the supernet
+multiplies op outputs with. `softmax` is DARTS; `crb` (Clipped ReLU + BatchNorm) is the
+paper's: act(α) = clamp(α, 0, 1), a non-affine BatchNorm after each node's edge sum,
+no `none` op, and progressive pruning: once an α is ≤ 0 after an update, it is set to
+0 and its op is masked for good (no longer computed).
+
+Node rule (paper-notes asks to fix it): Π_S needs two edges with a live op per node.
+If pruning would leave a node with fewer, the edges that would lose their last live op
+keep that op (the one with the largest pre-clamp α), held at α = 0, until the node has
+two such edges again. An op held at 0 is live: clamp's gradient at the boundary is 1,
+so it can recover, and Π_S never has to pick a pruned op.
+"""
+from __future__ import annotations
+
+import torch
+
+from .constraints import live_edges_per_node
+from .space import node_edge_rows, search_ops
+
+
+class Softmax:
+    """DARTS: softmax over the ops of each edge; nothing is ever pruned."""
+
+    name = "softmax"
+    node_norm = False
+    prunes = False
+
+    def __init__(self, init_scale: float = 1e-3):
+        self.ops = search_ops("softmax")
+        self.init_scale = init_scale
+
+    def init_alpha(self, n_edges: int, generator: torch.Generator) -> torch.Tensor:
+        return self.init_scale * torch.randn(n_edges, len(self.ops), generator=generator)
+
+    def __call__(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(alpha, dim=-1)
+
+    def prune(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(live)
+
+
+class CRB:
+    """Clipped ReLU on α, BatchNorm after node sums, progressive pruning."""
+
+    name = "crb"
+    node_norm = True
+    prunes = True
+
+    def __init__(self, init_noise: float = 1e-4):
+        self.ops = search_ops("crb")
+        self.init_noise = init_noise
+
+    def init_alpha(self, n_edges: int, generator: torch.Generator) -> torch.Tensor:
+        k = len(self.ops)
+        return 1.0 / k + self.init_noise * torch.randn(n_edges, k, generator=generator)
+
+    def __call__(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        return alpha.clamp(0.0, 1.0) * live
+
+    @torch.no_grad()
+    def prune(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """Mask every live α ≤ 0 (in place on `alpha` and `live`); return the newly pruned mask."""
+        newly = live & (alpha <= 0)
+        if newly.any():
+            rescued = _rescue(alpha, live, newly, self.ops)
+            newly &= ~rescued
+            live &= ~newly
+        alpha.masked_fill_(~live, 0.0)
+        alpha.masked_fill_(live & (alpha < 0), 0.0)
+        return newly
+
+
+def _rescue(alpha: torch.Tensor, live: torch.Tensor, newly: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
+    """Ops spared by the node rule (see module docstring)."""
+    rescued = torch.zeros_like(live)
+    after = live & ~newly
+    counts = live_edges_per_node(after, ops)
+    for node, rows in enumerate(node_edge_rows()):
+        if counts[node] >= 2:
+            continue
+        # edges that had a live op before this step but lose all of them now
+        dying = [r for r in rows if live[r].any() and not after[r].any()]
+        dying.sort(key=lambda r: -alpha[r][live[r]].max().item())
+        for r in dying[: 2 - counts[node]]:
+            vals = alpha[r].masked_fill(~live[r], float("-inf"))
+            rescued[r, int(vals.argmax())] = True
+    return rescued
+
+
+ACTIVATIONS = {"softmax": Softmax, "crb": CRB}
+
+
+def make_activation(name: str, **kwargs) -> Softmax | CRB:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name](**kwargs)

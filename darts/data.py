@@ -1,0 +1,448 @@
+"""Datasets as in-memory uint8 tensors, splits, batched augmentation and a resumable stream.
+
+Everything a search or retrain sees is an ``ImageSet`` held in memory: CIFAR-sized data
+fits easily, and decoding once up front removes per-image PIL work (and its
+nondeterminism) from the training loop. Augmentation runs on whole batches on the
+training device, with randomness drawn from explicit generators so a run can be
+resumed bit-for-bit from a ``BatchStream.state_dict``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
+SYNTHETIC_CLASSES = ("circle", "ring", "square", "triangle", "cross",
+                     "hstripes", "vstripes", "diagonal", "checker", "dots")
+
+
+class DataError(ValueError):
+    """Bad dataset input; the message is one line naming the bad value and what is valid."""
+
+
+@dataclass
+class ImageSet:
+    """A labelled image set kept as tensors, so batching is indexing, not decoding."""
+
+    images: torch.Tensor  # uint8 (N, 3, H, W), CPU, contiguous
+    labels: torch.Tensor  # int64 (N,)
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        # Validate once here so every consumer can trust the layout.
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
+            raise DataError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} "
+                            f"{tuple(self.images.shape)}")
+        if self.labels.dim() != 1 or self.labels.shape[0] != self.images.shape[0]:
+            raise DataError(f"labels must be 1-D with {self.images.shape[0]} entries, "
+                            f"got shape {tuple(self.labels.shape)}")
+        self.images = self.images.cpu().contiguous()
+        self.labels = self.labels.cpu().to(torch.int64)
+        self.classes = [str(c) for c in self.classes]
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise DataError(f"labels must lie in [0, {len(self.classes)}), got "
+                            f"[{int(self.labels.min())}, {int(self.labels.max())}]")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, idx: torch.Tensor) -> "ImageSet":
+        """The images at ``idx`` (in that order), sharing the class list."""
+        idx = torch.as_tensor(idx, dtype=torch.int64).cpu()
+        return ImageSet(self.images[idx], self.labels[idx], list(self.classes))
+
+
+# ----------------------------------------------------------------------------- synthetic
+def _sdf(cls: str, u: torch.Tensor, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+         p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Signed distance (image units, < 0 inside) of class ``cls``'s foreground.
+
+    A distance rather than a hard mask gives a 1-pixel antialiased edge at any size.
+    ``u, v`` (B, S, S) are rotated coordinates about the shape centre, ``x, y`` (S, S)
+    absolute ones; ``p`` holds per-image scalars as (B, 1, 1) and dot centres as (B, K).
+    """
+    r, t, f, ph = p["r"], p["t"], p["f"], p["phase"]
+    rho = torch.sqrt(u * u + v * v)
+    if cls == "circle":
+        return rho - r
+    if cls == "ring":
+        return (rho - r).abs() - t / 2
+    if cls == "square":
+        return (torch.maximum(u.abs(), v.abs()) - 0.8 * r).abs() - t / 2
+    if cls == "triangle":  # upright equilateral, circumradius 1.2 r: max of 3 half-planes
+        s = 1.2 * r
+        return torch.maximum(v, torch.maximum(0.866 * u - 0.5 * v, -0.866 * u - 0.5 * v)) - s / 2
+    if cls == "cross":
+        w = 0.65 * t
+        return torch.minimum(torch.maximum(u.abs() - r, v.abs() - w),
+                             torch.maximum(v.abs() - r, u.abs() - w))
+    if cls in ("hstripes", "diagonal"):  # stripes along u; the angle makes them diagonal
+        return -torch.sin(2 * math.pi * f * v + ph) / (2 * math.pi * f)
+    if cls == "vstripes":
+        return -torch.sin(2 * math.pi * f * u + ph) / (2 * math.pi * f)
+    if cls == "checker":
+        fc = 0.6 * f
+        a, b = torch.sin(2 * math.pi * fc * u + ph), torch.sin(2 * math.pi * fc * v + ph)
+        return -torch.sign(a * b) * torch.minimum(a.abs(), b.abs()) / (2 * math.pi * fc)
+    if cls == "dots":  # distance to the nearest of K random dot centres
+        dx = x.unsqueeze(-1) - p["dots_x"][:, None, None, :]  # (B, S, S, K)
+        dy = y.unsqueeze(-1) - p["dots_y"][:, None, None, :]
+        return torch.sqrt(dx * dx + dy * dy).amin(-1) - p["dot_r"]
+    raise AssertionError(cls)
+
+
+# Rotation jitter per class (radians, ±); diagonal adds ±45° on top.
+_ANGLE = {"square": 0.26, "triangle": 0.35, "cross": 0.26, "hstripes": 0.26, "vstripes": 0.26,
+          "diagonal": 0.2, "checker": 0.26}
+
+
+def _draw_params(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per-image nuisance parameters, drawn before rendering so they do not depend on size."""
+    def U(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, *shape, generator=g)
+
+    r = U(0.22, 0.36)
+    p = {"r": r, "t": U(0.08, 0.13), "f": U(2.2, 4.0), "phase": U(0, 2 * math.pi),
+         "angle": U(-1, 1), "diag_sign": torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0),
+         "cx": 0.5 + U(-1, 1) * (0.46 - r), "cy": 0.5 + U(-1, 1) * (0.46 - r),
+         "dots_x": U(0.12, 0.88, 8), "dots_y": U(0.12, 0.88, 8), "dot_r": U(0.06, 0.085),
+         "noise": U(0.03, 0.09)}
+    # Colours independent of the class: the shape, not the palette, must carry the label.
+    bg = torch.rand(n, 3, generator=g)
+    step = U(0.25, 0.55, 3)
+    fg = bg + torch.where(bg < 0.5, step, -step)  # always >= 0.25 contrast per channel
+    swap = (torch.rand(n, generator=g) < 0.5)[:, None]  # random polarity keeps means uninformative
+    p["bg"], p["fg"] = torch.where(swap, fg, bg), torch.where(swap, bg, fg)
+    return p
+
+
+def _render(labels: torch.Tensor, p: dict[str, torch.Tensor], size: int, n_classes: int,
+            g: torch.Generator) -> torch.Tensor:
+    """Render one chunk of images (uint8 (B, 3, S, S)) from their parameters."""
+    b = labels.shape[0]
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # pixel centres in [0, 1]
+    y, x = torch.meshgrid(coords, coords, indexing="ij")  # (S, S), broadcast against (B, 1, 1)
+    mask = torch.empty(b, size, size)
+    for c in range(n_classes):  # loop over classes, vectorised over images and pixels
+        idx = (labels == c).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        name = SYNTHETIC_CLASSES[c]
+        q = {k: v[idx].view(len(idx), 1, 1) for k, v in p.items() if v.dim() == 1}
+        q.update({k: v[idx] for k, v in p.items() if v.dim() == 2})  # (B, K) dot centres
+        theta = q["angle"] * _ANGLE.get(name, 0.0)
+        if name == "diagonal":
+            theta = theta + q["diag_sign"] * math.pi / 4
+        dx, dy = x - q["cx"], y - q["cy"]
+        u, v = dx * torch.cos(theta) + dy * torch.sin(theta), -dx * torch.sin(theta) + dy * torch.cos(theta)
+        d = _sdf(name, u, v, x, y, q)
+        mask[idx] = (0.5 - d * size).clamp(0, 1)  # ~1 pixel antialiased edge at any size
+    bg, fg = p["bg"].view(b, 3, 1, 1), p["fg"].view(b, 3, 1, 1)
+    img = bg + (fg - bg) * mask.unsqueeze(1)
+    img = img + p["noise"].view(b, 1, 1, 1) * torch.randn(b, 3, size, size, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def make_synthetic(n: int, size: int = 32, seed: int = 0, n_classes: int = 10) -> ImageSet:
+    """Balanced shapes/textures with random colours, position, scale, angle and noise.
+
+    The embedded default dataset: learnable by a tiny CNN in seconds, yet not separable
+    by colour statistics. Bitwise deterministic in ``seed``; shapes do not depend on ``size``.
+    """
+    if n <= 0 or size < 8 or not 2 <= n_classes <= len(SYNTHETIC_CLASSES):
+        raise DataError(f"make_synthetic needs n > 0, size >= 8 and 2 <= n_classes <= "
+                        f"{len(SYNTHETIC_CLASSES)}; got n={n}, size={size}, n_classes={n_classes}")
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.arange(n) % n_classes)[torch.randperm(n, generator=g)]
+    p = _draw_params(n, g)
+    images = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    chunk = max(1, 2 ** 20 // (size * size))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small elementwise ops: extra threads only add overhead (20x on a busy box)
+    try:
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            images[s:e] = _render(labels[s:e], {k: v[s:e] for k, v in p.items()}, size, n_classes, g)
+    finally:
+        torch.set_num_threads(threads)
+    return ImageSet(images, labels, list(SYNTHETIC_CLASSES[:n_classes]))
+
+
+# ------------------------------------------------------------------------------ loading
+def _read_rgb(path: Path) -> np.ndarray:
+    """Decode one image to HWC uint8 RGB, turning any decoder failure into a DataError."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy needs one
+    except Exception as e:  # PIL raises a zoo of types for bad files
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DataError(f"cannot read image {path}: {reason}") from e
+
+
+def load_imagefolder(root: str | Path, size: int | None = None) -> ImageSet:
+    """Load ``root/<class>/<file>`` (sorted class names, sorted files) into memory.
+
+    All images must share one size unless ``size`` is given, in which case every image
+    is resized (antialiased bilinear) to ``size``×``size``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        found = f"1 class ({classes[0]})" if classes else "0 classes"
+        raise DataError(f"dataset folder {root} has {found}; need at least 2 class subfolders")
+    files: list[Path] = []
+    labels: list[int] = []
+    for c, name in enumerate(classes):
+        found = sorted(f for f in (root / name).iterdir()
+                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise DataError(f"class folder {root / name} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        files += found
+        labels += [c] * len(found)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        arrays = list(pool.map(_read_rgb, files))  # PIL releases the GIL while decoding
+    if size is None:
+        h, w = arrays[0].shape[:2]
+        for f, a in zip(files, arrays):
+            if a.shape[:2] != (h, w):
+                raise DataError(f"image {f} is {a.shape[1]}x{a.shape[0]} but {files[0]} is {w}x{h}; "
+                                f"pass a size to resize all images")
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    else:
+        images = torch.empty(len(arrays), 3, size, size, dtype=torch.uint8)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, a in enumerate(arrays):  # resize each distinct source size as one batch
+            by_shape.setdefault(a.shape, []).append(i)
+        for idx in by_shape.values():
+            batch = torch.from_numpy(np.stack([arrays[i] for i in idx])).permute(0, 3, 1, 2)
+            images[idx] = resize_batch(batch.contiguous(), size)
+    return ImageSet(images, torch.tensor(labels, dtype=torch.int64), classes)
+
+
+def load_cifar10(root: str | Path, train: bool, download: bool) -> ImageSet:
+    """The official CIFAR-10 python batches via torchvision, converted once to tensors."""
+    from torchvision.datasets import CIFAR10
+    try:
+        ds = CIFAR10(str(root), train=train, download=download)
+    except (RuntimeError, OSError) as e:
+        raise DataError(f"cannot load CIFAR-10 from {root} (download={download}): "
+                        f"{(str(e).splitlines() or ['?'])[0]}") from e
+    images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(images, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+# ------------------------------------------------------------------------ transforms
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of a uint8 (B, 3, H, W) batch to size×size, staying uint8."""
+    if size <= 0:
+        raise DataError(f"resize size must be a positive integer, got {size}")
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    out = [F.interpolate(x[s:s + 4096].float(), size=(size, size), mode="bilinear",
+                         align_corners=False, antialias=True) for s in range(0, x.shape[0], 4096)]
+    return torch.cat(out).round().clamp(0, 255).to(torch.uint8)
+
+
+def resize(ds: ImageSet, size: int) -> ImageSet:
+    """``ds`` at size×size (a no-op returning ``ds`` itself when already that size)."""
+    if tuple(ds.images.shape[-2:]) == (size, size):
+        return ds
+    return ImageSet(resize_batch(ds.images, size), ds.labels.clone(), list(ds.classes))
+
+
+def subset(ds: ImageSet, n: int | None, seed: int) -> ImageSet:
+    """A class-stratified random subset of ``n`` images (all of ``ds`` if n is None or >= len).
+
+    Quotas are proportional to class frequency (largest remainders get the leftovers), so
+    small study subsets keep the class balance; the kept images stay in dataset order.
+    """
+    if n is None or n >= len(ds):
+        return ds
+    if n <= 0:
+        raise DataError(f"subset size must be a positive integer or None, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(ds.labels, minlength=len(ds.classes)).double()
+    exact = counts * n / len(ds)
+    quota = exact.floor().long()
+    order = sorted(range(len(counts)), key=lambda c: (-(exact[c] - quota[c]).item(), c))
+    for c in order[: n - int(quota.sum())]:
+        quota[c] += 1
+    keep = []
+    for c in range(len(counts)):
+        members = (ds.labels == c).nonzero().squeeze(1)
+        keep.append(members[torch.randperm(len(members), generator=g)[: int(quota[c])]])
+    return ds.take(torch.cat(keep).sort().values)
+
+
+def save_imageset(ds: ImageSet, path: str | Path) -> None:
+    """Save as a plain dict (tensors + class list) so loading needs no pickle of our classes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"images": ds.images, "labels": ds.labels, "classes": list(ds.classes)}, tmp)
+    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written file
+
+
+def load_imageset(path: str | Path) -> ImageSet:
+    """Load what ``save_imageset`` wrote (``weights_only=True``: no arbitrary code runs)."""
+    try:
+        d = torch.load(Path(path), map_location="cpu", weights_only=True)
+        return ImageSet(d["images"], d["labels"], list(d["classes"]))
+    except DataError:
+        raise
+    except Exception as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DataError(f"cannot load image set {path}: {reason}") from e
+
+
+def split_indices(n: int, train_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Search train/val indices: the first round(n·f) of a seeded permutation, and the rest."""
+    k = round(n * train_fraction)
+    if not 0 < k < n:
+        raise DataError(f"train_fraction={train_fraction} of n={n} gives {k} train and {n - k} "
+                        f"validation images; both must be non-empty")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[:k], perm[k:]
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 standardised with the CIFAR mean/std, on x's device."""
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+        raise DataError(f"expected a uint8 (B, 3, H, W) batch, got {x.dtype} {tuple(x.shape)}")
+    mean = torch.tensor(CIFAR_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None, crop_pad: int = 4,
+            flip: bool = True, cutout: int = 0) -> torch.Tensor:
+    """DARTS training augmentation on a whole uint8 batch, returning normalised float32.
+
+    Random crop from a zero-padded image, random horizontal flip, normalisation, then
+    cutout (zeros after normalisation, as DARTS' Cutout). Random draws happen on the
+    generator's device and are moved to ``x``'s, so a CPU generator drives GPU batches.
+    """
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+        raise DataError(f"expected a uint8 (B, 3, H, W) batch, got {x.dtype} {tuple(x.shape)}")
+    b, _, h, w = x.shape
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    if crop_pad > 0:
+        off = torch.randint(0, 2 * crop_pad + 1, (b, 2), generator=generator, device=gdev).to(x.device)
+        padded = F.pad(x, (crop_pad,) * 4).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, 3)
+        rows = off[:, :1] + torch.arange(h, device=x.device)  # (B, H)
+        cols = off[:, 1:] + torch.arange(w, device=x.device)  # (B, W)
+        bi = torch.arange(b, device=x.device).view(b, 1, 1)
+        x = padded[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if flip:
+        flips = (torch.rand(b, generator=generator, device=gdev) < 0.5).to(x.device)
+        x = torch.where(flips.view(b, 1, 1, 1), x.flip(3), x)
+    out = normalize(x.contiguous())
+    if cutout > 0:
+        cy = torch.randint(0, h, (b, 1), generator=generator, device=gdev).to(x.device)
+        cx = torch.randint(0, w, (b, 1), generator=generator, device=gdev).to(x.device)
+        ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        in_y = (ys >= cy - cutout // 2) & (ys < cy - cutout // 2 + cutout)  # (B, H), clipped by range
+        in_x = (xs >= cx - cutout // 2) & (xs < cx - cutout // 2 + cutout)
+        out = out * ~(in_y[:, None, :, None] & in_x[:, None, None, :])
+    return out
+
+
+# ------------------------------------------------------------------------------ stream
+class BatchStream:
+    """Endless, resumable stream of batches over an ImageSet held in memory as tensors.
+
+    Each epoch is a fresh permutation drawn from its own torch.Generator(seed); the last
+    partial batch of an epoch is dropped when ``drop_last`` else kept. Augmentation uses
+    a second generator derived from the seed, so shuffling and augmentation are both
+    part of the saved state and a resumed stream continues exactly.
+    """
+
+    def __init__(self, ds: ImageSet, batch_size: int, seed: int, device: torch.device | str = "cpu",
+                 train: bool = True, crop_pad: int = 4, flip: bool = True, cutout: int = 0,
+                 drop_last: bool = True):
+        drop_last = drop_last and train
+        if len(ds) == 0 or batch_size <= 0 or (drop_last and batch_size > len(ds)):
+            raise DataError(f"batch_size={batch_size} is invalid for {len(ds)} images "
+                            f"(drop_last={drop_last}); need 0 < batch_size <= dataset size")
+        self.device = torch.device(device)
+        self.images, self.labels = ds.images.to(self.device), ds.labels.to(self.device)
+        self.n, self.batch_size, self.train, self.drop_last = len(ds), batch_size, train, drop_last
+        self.crop_pad, self.flip, self.cutout = crop_pad, flip, cutout
+        self._shuffle = torch.Generator().manual_seed(seed)
+        aug_seed = int(np.random.SeedSequence([seed, 0xA06]).generate_state(1, np.uint64)[0] >> 1)
+        self._augment = torch.Generator().manual_seed(aug_seed)
+        self._epoch, self._pos = 0, 0
+        self._perm: torch.Tensor | None = None  # current epoch's order; None at a boundary
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    @property
+    def epoch(self) -> int:
+        """Number of epochs completed (a partly consumed epoch is not counted)."""
+        return self._epoch
+
+    @property
+    def position(self) -> int:
+        """Batches already taken from the current epoch (0 at an epoch boundary)."""
+        return self._pos
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._perm is None:  # at a boundary: draw the next epoch's order
+            if self.train:
+                self._perm = torch.randperm(self.n, generator=self._shuffle)
+            else:
+                self._perm = torch.arange(self.n)
+        idx = self._perm[self._pos * self.batch_size:(self._pos + 1) * self.batch_size].to(self.device)
+        self._pos += 1
+        if self._pos == len(self):
+            self._epoch, self._pos, self._perm = self._epoch + 1, 0, None
+        x = self.images[idx]
+        if self.train:
+            x = augment(x, self._augment, self.crop_pad, self.flip, self.cutout)
+        else:
+            x = normalize(x)
+        return x, self.labels[idx]
+
+    def epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The rest of the current epoch, or a whole fresh one at a boundary.
+
+        Position advances as batches are yielded, so a state_dict taken mid-loop
+        resumes right after the last batch handed out.
+        """
+        start = self._epoch
+        while self._epoch == start:
+            yield self._batch()
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch, crossing epoch boundaries seamlessly."""
+        return self._batch()
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-for-bit: position, order and both RNG states."""
+        return {"n": self.n, "batch_size": self.batch_size, "epoch": self._epoch, "position": self._pos,
+                "permutation": None if self._perm is None else self._perm.clone(),
+                "shuffle_rng": self._shuffle.get_state(), "augment_rng": self._augment.get_state()}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore ``state_dict()``; refuses a state from a stream of another shape."""
+        if (d["n"], d["batch_size"]) != (self.n, self.batch_size):
+            raise DataError(f"stream state is for n={d['n']}, batch_size={d['batch_size']}; "
+                            f"this stream has n={self.n}, batch_size={self.batch_size}")
+        self._epoch, self._pos = int(d["epoch"]), int(d["position"])
+        self._perm = None if d["permutation"] is None else d["permutation"].clone()
+        self._shuffle.set_state(d["shuffle_rng"])
+        self._augment.set_state(d["augment_rng"])

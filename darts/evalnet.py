@@ -1,0 +1,162 @@
+"""The DARTS evaluation network (``NetworkCIFAR``) built from a discrete Genotype.
+
+This is the network whose test error and parameter count the paper reports
+(paper-notes "Evaluation protocol"): 20 cells, C=36, an auxiliary head after cell
+2·layers//3 and drop-path on every non-identity op. The construction follows the
+original DARTS ``model.py`` module for module, so the parameter count of a genotype
+is directly comparable with the numbers published by DARTS and its follow-ups
+(DARTS_V2 at C=36, 20 layers: 3.349342M).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from darts.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
+from darts.space import N_INPUTS, Genotype
+
+STEM_MULTIPLIER = 3
+AUX_NAME = "auxiliary_head"  # parameters under this name are not counted (as DARTS)
+
+
+def drop_path(x: Tensor, drop_prob: float) -> Tensor:
+    """Zero whole samples of ``x`` with probability ``drop_prob``; scale survivors by 1/keep.
+
+    Per-sample Bernoulli mask as in DARTS ``utils.drop_path``: dividing by the keep
+    probability preserves the expectation, so eval mode (no dropping) needs no rescale.
+    Out of place (DARTS mutates ``x``), so autograd never sees an overwritten input.
+    """
+    if drop_prob <= 0.0:
+        return x
+    keep_prob = 1.0 - drop_prob
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep_prob)
+    return x.div(keep_prob).mul(mask)
+
+
+class EvalCell(nn.Module):
+    """A discrete DARTS cell: every node sums its two chosen ops on earlier states."""
+
+    def __init__(self, genotype: Genotype, c_prev_prev: int, c_prev: int, c: int,
+                 reduction: bool, reduction_prev: bool):
+        super().__init__()
+        # the previous cell halved the resolution: s0 (two cells back) must be halved too
+        self.preprocess0: nn.Module = (FactorizedReduce(c_prev_prev, c) if reduction_prev
+                                       else ReLUConvBN(c_prev_prev, c, 1, 1, 0))
+        self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0)
+        pairs = genotype.reduce if reduction else genotype.normal
+        self.concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
+        self.indices = [src for _, src in pairs]
+        self.n_nodes = len(pairs) // 2
+        self.multiplier = len(self.concat)
+        self.reduction = reduction
+        # only edges leaving the cell inputs carry the stride (nodes are already reduced)
+        self._ops = nn.ModuleList(
+            build_op(op, c, 2 if reduction and src < N_INPUTS else 1, search=False) for op, src in pairs
+        )
+
+    def forward(self, s0: Tensor, s1: Tensor, drop_prob: float) -> Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(self.n_nodes):
+            h = [self._edge(2 * i + k, states, drop_prob) for k in (0, 1)]
+            states.append(h[0] + h[1])
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+    def _edge(self, k: int, states: list[Tensor], drop_prob: float) -> Tensor:
+        """Apply op ``k``; drop-path it in training unless it is a (parameter-free) identity."""
+        op = self._ops[k]
+        h = op(states[self.indices[k]])
+        if self.training and drop_prob > 0.0 and not isinstance(op, Identity):
+            h = drop_path(h, drop_prob)
+        return h
+
+
+def _darts_pool_gives_2(size: int) -> bool:
+    """Whether AvgPool2d(5, stride=3) turns ``size`` pixels into exactly 2 (sizes 8–10)."""
+    return size >= 5 and (size - 5) // 3 + 1 == 2
+
+
+class AuxiliaryHeadCIFAR(nn.Module):
+    """DARTS auxiliary classifier, designed for an 8×8 input (32×32 images).
+
+    The DARTS pooling (5×5, stride 3) maps 8–10 pixels to the 2×2 the 2×2 conv
+    expects. Any other size (e.g. 4×4 from 16×16 smoke-test images) is pooled
+    adaptively to 2×2 instead: same parameters, and small-image runs still work.
+    """
+
+    def __init__(self, c: int, n_classes: int):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=False)  # DARTS: inplace=True, which would also edit s1
+        self.pool = nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)
+        self.small_pool = nn.AdaptiveAvgPool2d(2)
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(x)
+        x = self.pool(x) if all(_darts_pool_gives_2(n) for n in x.shape[-2:]) else self.small_pool(x)
+        x = self.features(x)
+        return self.classifier(x.flatten(1))
+
+
+class EvalNetwork(nn.Module):
+    """NetworkCIFAR: stem, ``layers`` cells (two reductions), global pool, linear.
+
+    ``drop_path_prob`` is an attribute, not an argument, because the training loop
+    ramps it every epoch (DARTS sets ``model.drop_path_prob`` the same way).
+    """
+
+    def __init__(self, genotype: Genotype, C: int = 36, n_classes: int = 10, layers: int = 20,
+                 auxiliary: bool = True):
+        super().__init__()
+        if layers < 1 or C < 1:
+            raise ValueError(f"EvalNetwork needs layers >= 1 and C >= 1, got layers={layers}, C={C}")
+        self.layers = layers
+        self.aux_position = 2 * layers // 3
+        self.drop_path_prob = 0.0
+        c_curr = STEM_MULTIPLIER * C
+        self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        self.cells, c_prev, c_aux = self._build_cells(genotype, C, c_curr)
+        self.auxiliary_head = AuxiliaryHeadCIFAR(c_aux, n_classes) if auxiliary else None
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_prev, n_classes)
+
+    def _build_cells(self, genotype: Genotype, C: int, c_stem: int) -> tuple[nn.ModuleList, int, int]:
+        """Stack the cells; returns them, the last cell's width and the aux head's input width."""
+        cells = nn.ModuleList()
+        c_prev_prev, c_prev, c_curr = c_stem, c_stem, C
+        reduction_prev, c_aux = False, c_stem
+        for i in range(self.layers):
+            reduction = i in (self.layers // 3, 2 * self.layers // 3)
+            if reduction:
+                c_curr *= 2
+            cell = EvalCell(genotype, c_prev_prev, c_prev, c_curr, reduction, reduction_prev)
+            cells.append(cell)
+            reduction_prev = reduction
+            c_prev_prev, c_prev = c_prev, cell.multiplier * c_curr
+            if i == self.aux_position:
+                c_aux = c_prev
+        return cells, c_prev, c_aux
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Return ``(logits, logits_aux)``; ``logits_aux`` only exists in training."""
+        logits_aux = None
+        s0 = s1 = self.stem(x)
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_position and self.auxiliary_head is not None and self.training:
+                logits_aux = self.auxiliary_head(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return logits, logits_aux
+
+
+def count_params_m(model: nn.Module) -> float:
+    """Parameters in millions, without the auxiliary head (it is discarded after training)."""
+    n = sum(p.numel() for name, p in model.named_parameters() if AUX_NAME not in name)
+    return n / 1e6

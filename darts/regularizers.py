@@ -1,0 +1,123 @@
+"""Regularization of the α loss toward the discrete set S (paper §3.3–3.4).
+
+A regularizer returns a penalty added to the validation cross-entropy of each α step
+(never to the w loss) and may update its own state after the step. All norms are the
+paper's unsquared L2 norms, summed over the normal and reduction α; the projection
+Π_S is treated as a constant (no gradient flows through the discrete choice).
+"""
+from __future__ import annotations
+
+import torch
+
+from .constraints import project
+
+
+def _l2(x: torch.Tensor) -> torch.Tensor:
+    """‖x‖₂ with gradient 0 (not NaN) at x = 0."""
+    return torch.sqrt((x * x).sum()) if bool(x.any()) else (x * 0).sum()
+
+
+class NoRegularizer:
+    name = "none"
+
+    def penalty(self, net, progress: float) -> torch.Tensor | None:
+        return None
+
+    def after_alpha_step(self, net) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, d: dict) -> None:
+        pass
+
+
+class Proximity:
+    """PR, eq. 6: c·(ρp/2)·‖act(α) − Π_S(act(α))‖₂, c = fraction of the search done."""
+
+    name = "pr"
+
+    def __init__(self, rho: float = 0.1):
+        self.rho = rho
+
+    def penalty(self, net, progress: float) -> torch.Tensor:
+        c = min(max(progress, 0.0), 1.0)
+        total = 0.0
+        for t, w in net.weights().items():
+            target = project(w.detach(), net.live()[t], net.ops)
+            total = total + _l2(w - target)
+        return c * self.rho / 2.0 * total
+
+    def after_alpha_step(self, net) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, d: dict) -> None:
+        pass
+
+
+class ADMM:
+    """ADMM, eqs. 7–11: penalty (ρa/2)·‖act(α) − z + u‖₂ on the live ops.
+
+    z starts as act(α) and u as 0. Every `n` α steps:
+    z ← Π_S(act(α + u)) (eq. 9) and u ← λu·u + act(α) − z (eq. 11). z and u live in the
+    activated space (they are compared with act(α) in the penalty), so the α of eq. 11
+    is read as act(α); see README "Deviations and choices".
+    """
+
+    name = "admm"
+
+    def __init__(self, rho: float = 0.1, n: int = 10, discount: float = 0.8):
+        self.rho, self.n, self.discount = rho, n, discount
+        self.z: dict[str, torch.Tensor] = {}
+        self.u: dict[str, torch.Tensor] = {}
+        self.alpha_steps = 0
+
+    def _init(self, net) -> None:
+        if not self.z:
+            self.z = {t: w.detach().clone() for t, w in net.weights().items()}
+            self.u = {t: torch.zeros_like(w) for t, w in self.z.items()}
+
+    def penalty(self, net, progress: float) -> torch.Tensor:
+        self._init(net)
+        total = 0.0
+        for t, w in net.weights().items():
+            live = net.live()[t]
+            total = total + _l2((w - self.z[t] + self.u[t]) * live)
+        return self.rho / 2.0 * total
+
+    @torch.no_grad()
+    def after_alpha_step(self, net) -> dict:
+        self._init(net)
+        self.alpha_steps += 1
+        if self.alpha_steps % self.n:
+            return {}
+        for t, a in net.alphas().items():
+            live = net.live()[t]
+            act = net.activation(a, live)
+            self.z[t] = project(net.activation(a + self.u[t], live), live, net.ops)
+            self.u[t] = (self.discount * self.u[t] + act - self.z[t]) * live
+        return {"admm_update": self.alpha_steps}
+
+    def state_dict(self) -> dict:
+        return {"z": self.z, "u": self.u, "alpha_steps": self.alpha_steps}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.z, self.u, self.alpha_steps = dict(d["z"]), dict(d["u"]), int(d["alpha_steps"])
+
+
+REGULARIZERS = ("none", "pr", "admm")
+
+
+def make_regularizer(name: str, rho_pr: float = 0.1, rho_admm: float = 0.1, admm_n: int = 10,
+                     admm_discount: float = 0.8):
+    if name == "none":
+        return NoRegularizer()
+    if name == "pr":
+        return Proximity(rho=rho_pr)
+    if name == "admm":
+        return ADMM(rho=rho_admm, n=admm_n, discount=admm_discount)
+    raise ValueError(f"unknown regularization {name!r}; valid: {', '.join(REGULARIZERS)}")

@@ -1,0 +1,103 @@
+"""Table 1 from per-run metrics: mean ± sample std over seeds, next to the paper's figures.
+
+Pure functions over pandas frames; the aggregate stage does the file reading/writing.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+METRICS = {  # column in the per-run metrics -> (table header, decimals)
+    "test_error": ("Test error (%)", 2),
+    "params_m": ("Params (M)", 2),
+    "search_gpu_days": ("Search (GPU days)", 4),
+    "search_hours": ("Search (wall h)", 3),
+}
+DASH = "—"
+
+
+def summarize(runs: pd.DataFrame, order: list[str], labels: dict[str, str]) -> pd.DataFrame:
+    """One row per config (in `order`): n and mean/std (ddof=1; NaN for one seed) of each metric."""
+    runs = runs.copy()
+    runs["search_hours"] = runs["search_seconds"] / 3600.0
+    rows = []
+    for config in order:
+        sub = runs[runs["config"] == config]
+        row = {"config": config, "method": labels.get(config, config), "n": int(len(sub))}
+        for col in METRICS:
+            values = sub[col].astype(float)
+            row[f"{col}_mean"] = values.mean() if len(values) else math.nan
+            row[f"{col}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        devices = sorted(set(sub["device"].astype(str))) if "device" in sub else []
+        row["device"] = "; ".join(devices)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def with_paper(summary: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Join the paper's reported mean/std for each row, matched by the method label."""
+    ours = paper[paper["source"] == "paper"].set_index("method")
+    out = summary.copy()
+    for col, src in (("paper_test_error", "test_error"), ("paper_params_m", "params_m"),
+                     ("paper_search_gpu_days", "search_gpu_days")):
+        out[f"{col}_mean"] = [ours[f"{src}_mean"].get(m, math.nan) for m in out["method"]]
+        out[f"{col}_std"] = [ours[f"{src}_std"].get(m, math.nan) for m in out["method"]]
+    return out
+
+
+def fmt(mean: float, std: float, decimals: int) -> str:
+    """'2.89 ± 0.15'; '2.89 ± —' for a single seed (std undefined); '—' when missing."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return DASH
+    s = f"{mean:.{decimals}f}"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{s} ± {DASH}"
+    return f"{s} ± {std:.{decimals}f}"
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The human table: formatted strings, ours next to the paper's."""
+    rows = []
+    for _, r in table.iterrows():
+        rows.append({
+            "Method": r["method"],
+            "n": r["n"],
+            "Test error (%)": fmt(r["test_error_mean"], r["test_error_std"], 2),
+            "Paper test error (%)": fmt(r["paper_test_error_mean"], r["paper_test_error_std"], 2),
+            "Params (M)": fmt(r["params_m_mean"], r["params_m_std"], 2),
+            "Paper params (M)": fmt(r["paper_params_m_mean"], r["paper_params_m_std"], 2),
+            "Search (GPU days)": fmt(r["search_gpu_days_mean"], r["search_gpu_days_std"], 4),
+            "Paper search (GPU days)": fmt(r["paper_search_gpu_days_mean"], r["paper_search_gpu_days_std"], 1),
+            "Search (wall h)": fmt(r["search_hours_mean"], r["search_hours_std"], 3),
+            "Device": r["device"],
+        })
+    return pd.DataFrame(rows)
+
+
+def literature_table(paper: pd.DataFrame) -> pd.DataFrame:
+    """The paper's reference block (NASNet-A … NASP), as reported."""
+    lit = paper[paper["source"] == "literature"]
+    return pd.DataFrame({
+        "Method": lit["method"],
+        "Test error (%)": [fmt(m, s, 2) for m, s in zip(lit["test_error_mean"], lit["test_error_std"])],
+        "Params (M)": [fmt(m, s, 2) if not math.isnan(m) else DASH for m, s in zip(lit["params_m_mean"], lit["params_m_std"])],
+        "Search (GPU days)": [f"{m:g}" for m in lit["search_gpu_days_mean"]],
+        "Note": lit["note"].fillna(""),
+    })
+
+
+def to_latex(display: pd.DataFrame, literature: pd.DataFrame) -> str:
+    """A booktabs tabular a user can paste into a paper (literature rows marked as reported)."""
+    esc = lambda s: str(s).replace("%", r"\%").replace("±", r"$\pm$").replace("—", "--").replace("_", r"\_")
+    lines = [r"\begin{tabular}{lccc}", r"\toprule",
+             r"Method & Test Error (\%) & Params (M) & Search Cost (GPU days) \\", r"\midrule"]
+    for _, r in literature.iterrows():
+        lines.append(f"{esc(r['Method'])}$^\\dagger$ & {esc(r['Test error (%)'])} & {esc(r['Params (M)'])} & "
+                     f"{esc(r['Search (GPU days)'])} \\\\")
+    lines.append(r"\midrule")
+    for _, r in display.iterrows():
+        lines.append(f"{esc(r['Method'])} & {esc(r['Test error (%)'])} & {esc(r['Params (M)'])} & "
+                     f"{esc(r['Search (GPU days)'])} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"% $^\dagger$: reported in the literature, not rerun here."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,244 @@
+"""The bilevel search loop (paper Algorithm: DARTS + activation × schedule × regularizer).
+
+One iteration, as in paper-notes: if the schedule wants an α step, take the next
+validation batch and step α on cross-entropy + regularizer (then prune); then one w
+step on a training batch on plain cross-entropy. The three paper dimensions are
+plug-ins: the activation lives in the network, the schedule and the regularizer are
+objects with a few methods; this loop never branches on their names.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .history import History
+from .supernet import SearchNetwork
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, gradient or α became NaN/inf; the run stops instead of going on silently."""
+
+
+@dataclass
+class SearchConfig:
+    """Search hyperparameters; defaults are the DARTS / paper values."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    alpha_lr: float = 3e-4
+    alpha_betas: tuple[float, float] = (0.5, 0.999)
+    alpha_weight_decay: float = 1e-3
+    order: int = 1
+    unrolled_eps: float = 0.01
+
+    def validate(self) -> None:
+        pos_int = ("epochs", "batch_size")
+        for name in pos_int:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"search.{name}={v!r} is invalid; must be a positive integer")
+        for name in ("w_lr", "alpha_lr", "grad_clip", "unrolled_eps"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
+                raise ValueError(f"search.{name}={v!r} is invalid; must be a positive number")
+        for name in ("w_lr_min", "w_weight_decay", "alpha_weight_decay"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
+                raise ValueError(f"search.{name}={v!r} is invalid; must be a number >= 0")
+        if not 0 <= self.w_momentum < 1:
+            raise ValueError(f"search.w_momentum={self.w_momentum!r} is invalid; must be in [0, 1)")
+        if len(self.alpha_betas) != 2 or not all(0 <= b < 1 for b in self.alpha_betas):
+            raise ValueError(f"search.alpha_betas={self.alpha_betas!r} is invalid; need two numbers in [0, 1)")
+        if self.order not in (1, 2):
+            raise ValueError(f"search.order={self.order!r} is invalid; valid: 1 (first order), 2 (unrolled)")
+
+
+def _check_finite(t: torch.Tensor, what: str, step: int) -> None:
+    if not torch.isfinite(t).all():
+        raise NonFiniteError(f"non-finite {what} at step {step}; stopping (the last checkpoint is kept)")
+
+
+class Searcher:
+    """Holds the search state (network, optimizers, schedule, regularizer, history)."""
+
+    def __init__(self, net: SearchNetwork, cfg: SearchConfig, schedule, regularizer,
+                 train_stream, val_stream):
+        cfg.validate()
+        self.net, self.cfg, self.schedule, self.reg = net, cfg, schedule, regularizer
+        self.train_stream, self.val_stream = train_stream, val_stream
+        self.w_params = net.weight_parameters()
+        self.a_params = net.arch_parameters()
+        self.w_opt = torch.optim.SGD(self.w_params, lr=cfg.w_lr, momentum=cfg.w_momentum,
+                                     weight_decay=cfg.w_weight_decay)
+        self.a_opt = torch.optim.Adam(self.a_params, lr=cfg.alpha_lr, betas=tuple(cfg.alpha_betas),
+                                      weight_decay=cfg.alpha_weight_decay)
+        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs, eta_min=cfg.w_lr_min)
+        self.epoch = 0
+        self.step = 0
+        self.seconds = 0.0
+        self.history = History(ops=list(net.ops))
+        self.history.record_alpha(0, 0, net.weights())
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_stream)
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    # --- one α step -------------------------------------------------------------
+    def alpha_step(self, train_batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        x, y = self.val_stream.next()
+        self.a_opt.zero_grad(set_to_none=True)
+        if self.cfg.order == 2:
+            from .unrolled import unrolled_alpha_grads
+
+            ce, grads = unrolled_alpha_grads(self.net, self.w_opt, train_batch, (x, y),
+                                             self.cfg.unrolled_eps)
+            pen = self.reg.penalty(self.net, self.step / self.total_steps)
+            if pen is not None:
+                grads = [g + pg for g, pg in zip(grads, torch.autograd.grad(pen, self.a_params))]
+        else:
+            logits = self.net(x)
+            ce = F.cross_entropy(logits, y)
+            pen = self.reg.penalty(self.net, self.step / self.total_steps)
+            total = ce if pen is None else ce + pen
+            # grads w.r.t. α only: autograd skips the weight gradients DARTS computes and discards
+            grads = torch.autograd.grad(total, self.a_params)
+        for p, g in zip(self.a_params, grads):
+            p.grad = g
+        self.a_opt.step()
+        newly = self.net.prune()
+        info = self.reg.after_alpha_step(self.net)
+        self.history.record_alpha(self.step, self.epoch, self.net.weights(), newly=newly,
+                                  penalty=None if pen is None else pen.detach(), val_loss=ce.detach(), info=info)
+        return info
+
+    # --- one w step -------------------------------------------------------------
+    def w_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for p in self.a_params:
+            p.requires_grad_(False)
+        try:
+            self.w_opt.zero_grad(set_to_none=True)
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+        finally:
+            for p in self.a_params:
+                p.requires_grad_(True)
+        # the returned total norm is taken before clipping: its square is the Fisher trace F
+        norm = torch.nn.utils.clip_grad_norm_(self.w_params, self.cfg.grad_clip)
+        self.w_opt.step()
+        correct = (logits.detach().argmax(1) == y).sum()
+        return loss.detach(), correct, norm
+
+    # --- one epoch ------------------------------------------------------------------
+    def run_epoch(self, on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> dict:
+        t0 = time.perf_counter()
+        n_steps = self.steps_per_epoch
+        loss_sum = torch.zeros(())
+        correct_sum = torch.zeros((), dtype=torch.long)
+        seen = 0
+        alpha_steps = 0
+        for i, (x, y) in enumerate(self.train_stream.epoch_batches()):
+            took = self.schedule.alpha_step_due()
+            if took:
+                self.alpha_step((x, y))
+                alpha_steps += 1
+            loss, correct, norm = self.w_step(x, y)
+            fisher = None
+            if self.schedule.needs_fisher:
+                fisher = float(norm) ** 2
+                if not math.isfinite(fisher):
+                    raise NonFiniteError(f"non-finite weight gradient at step {self.step}; stopping "
+                                         "(the last checkpoint is kept)")
+            logged = self.schedule.observe(took, fisher)
+            self.history.record_step(self.step, took, logged)
+            loss_sum = loss_sum + loss.to(loss_sum.device)
+            correct_sum = correct_sum + correct.to(correct_sum.device)
+            seen += y.shape[0]
+            self.step += 1
+            if on_step is not None:
+                on_step(i + 1, n_steps, loss)
+        self.w_sched.step()
+        self.epoch += 1
+        train_loss = loss_sum.item()
+        if not math.isfinite(train_loss):
+            raise NonFiniteError(f"non-finite training loss in epoch {self.epoch} (step {self.step}); stopping "
+                                 "(the last checkpoint is kept)")
+        for t, a in self.net.alphas().items():
+            _check_finite(a.detach(), f"α ({t})", self.step)
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
+        row = {
+            "epoch": self.epoch,
+            "train_loss": train_loss / max(n_steps, 1),
+            "train_acc": correct_sum.item() / max(seen, 1),
+            "alpha_steps": alpha_steps,
+            "alpha_ratio": alpha_steps / max(n_steps, 1),
+            "w_lr": self.w_opt.param_groups[0]["lr"],
+            "live_ops": {t: int(m.sum()) for t, m in self.net.live().items()},
+            "seconds": seconds,
+        }
+        row.update(self.history.epoch_alpha_stats())
+        self.history.record_epoch(row)
+        return row
+
+    # --- checkpointing --------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "net": self.net.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "w_sched": self.w_sched.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "reg": self.reg.state_dict(),
+            "train_stream": self.train_stream.state_dict(),
+            "val_stream": self.val_stream.state_dict(),
+            "history": self.history.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "seconds": self.seconds,
+            "config": asdict(self.cfg),
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        self.net.load_state_dict(d["net"])
+        self.w_opt.load_state_dict(d["w_opt"])
+        self.a_opt.load_state_dict(d["a_opt"])
+        self.w_sched.load_state_dict(d["w_sched"])
+        self.schedule.load_state_dict(d["schedule"])
+        self.reg.load_state_dict(d["reg"])
+        self.train_stream.load_state_dict(d["train_stream"])
+        self.val_stream.load_state_dict(d["val_stream"])
+        self.history.load_state_dict(d["history"])
+        self.epoch, self.step, self.seconds = int(d["epoch"]), int(d["step"]), float(d["seconds"])
+
+
+@torch.inference_mode()
+def evaluate_supernet(net: SearchNetwork, batches) -> dict:
+    """Loss/accuracy of the supernet on held-out search data (the validation part)."""
+    net.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in batches:
+        logits = net(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += y.shape[0]
+    net.train()
+    return {"val_loss": loss_sum / max(n, 1), "val_acc": correct / max(n, 1)}

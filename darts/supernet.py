@@ -1,0 +1,147 @@
+"""The search network (supernet): mixed edges, search cells, α as registered parameters.
+
+α lives in the model as `alpha_normal` / `alpha_reduce` (nn.Parameter, E × K) and the
+pruning masks as bool buffers `live_normal` / `live_reduce`, so a state_dict holds the
+whole architecture state. The forward never asks the device which ops are live: a host
+copy of the live op indices per edge is refreshed by `refresh_live()` after an α update
+(where pruning happens), so pruned ops and `none` cost nothing and no forward syncs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .ops import FactorizedReduce, ReLUConvBN, build_op
+from .space import N_INPUTS, N_NODES, edges
+
+CELL_TYPES = ("normal", "reduce")
+
+
+class MixedEdge(nn.Module):
+    """All candidate ops of one edge; output = Σ_k w_k · op_k(x) over live ops."""
+
+    def __init__(self, ops: tuple[str, ...], channels: int, stride: int):
+        super().__init__()
+        self.ops = nn.ModuleList(build_op(name, channels, stride, search=True) for name in ops)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, live_idx: list[int]) -> torch.Tensor | None:
+        out = None
+        for k in live_idx:
+            y = self.ops[k](x) * w[k]
+            out = y if out is None else out + y
+        return out
+
+
+class SearchCell(nn.Module):
+    def __init__(self, ops: tuple[str, ...], c_pp: int, c_p: int, c: int, reduction: bool,
+                 reduction_prev: bool, node_norm: bool):
+        super().__init__()
+        self.reduction = reduction
+        self.pre0 = FactorizedReduce(c_pp, c, affine=False) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0, affine=False)
+        self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList(
+            MixedEdge(ops, c, 2 if reduction and src < N_INPUTS else 1) for _, src in edges()
+        )
+        # CRB: the edge weights no longer sum to 1, so each node sum is renormalised
+        self.node_bn = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for _ in range(N_NODES)) if node_norm else None
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor, live_idx: list[list[int]]) -> torch.Tensor:
+        states = [self.pre0(s0), self.pre1(s1)]
+        row = 0
+        for i in range(N_NODES):
+            total = None
+            for j in range(N_INPUTS + i):
+                y = self.edges[row](states[j], w[row], live_idx[row])
+                row += 1
+                if y is not None:
+                    total = y if total is None else total + y
+            if total is None:  # every op into this node is `none`/pruned: the node outputs zeros
+                ref = states[1]
+                stride = 2 if self.reduction else 1
+                total = ref.new_zeros(ref.shape[0], ref.shape[1], ref.shape[2] // stride, ref.shape[3] // stride)
+            if self.node_bn is not None:
+                total = self.node_bn[i](total)
+            states.append(total)
+        return torch.cat(states[N_INPUTS:], dim=1)
+
+
+class SearchNetwork(nn.Module):
+    """The DARTS supernet: stem, `layers` cells (reductions at 1/3 and 2/3), classifier."""
+
+    def __init__(self, activation, C: int = 16, n_classes: int = 10, layers: int = 8,
+                 stem_multiplier: int = 3, generator: torch.Generator | None = None):
+        super().__init__()
+        self.activation = activation
+        self.ops: tuple[str, ...] = tuple(activation.ops)
+        self.layers = layers
+        c_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        c_pp, c_p, c_curr = c_curr, c_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in reduction_layers(layers)
+            if reduction:
+                c_curr *= 2
+            self.cells.append(SearchCell(self.ops, c_pp, c_p, c_curr, reduction, reduction_prev, activation.node_norm))
+            reduction_prev = reduction
+            c_pp, c_p = c_p, N_NODES * c_curr
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_p, n_classes)
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        n_edges = len(edges())
+        for t in CELL_TYPES:
+            self.register_parameter(f"alpha_{t}", nn.Parameter(activation.init_alpha(n_edges, g)))
+            self.register_buffer(f"live_{t}", torch.ones(n_edges, len(self.ops), dtype=torch.bool))
+        self.refresh_live()
+
+    # --- architecture state -------------------------------------------------------
+    def alphas(self) -> dict[str, nn.Parameter]:
+        return {t: getattr(self, f"alpha_{t}") for t in CELL_TYPES}
+
+    def live(self) -> dict[str, torch.Tensor]:
+        return {t: getattr(self, f"live_{t}") for t in CELL_TYPES}
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas().values())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("alpha_")]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """act(α) per cell type, pruned ops at exactly 0."""
+        return {t: self.activation(a, self.live()[t]) for t, a in self.alphas().items()}
+
+    @torch.no_grad()
+    def prune(self) -> dict[str, torch.Tensor]:
+        """Apply the activation's pruning after an α update; returns newly pruned masks."""
+        newly = {t: self.activation.prune(self.alphas()[t].data, self.live()[t]) for t in CELL_TYPES}
+        if self.activation.prunes:
+            self.refresh_live()
+        return newly
+
+    def refresh_live(self) -> None:
+        """Host copy of the ops to compute per edge (live and not `none`): one sync, outside forward."""
+        skip = self.ops.index("none") if "none" in self.ops else -1
+        self._live_idx = {
+            t: [[k for k in range(len(self.ops)) if k != skip and bool(row[k])] for row in m.cpu()]
+            for t, m in self.live().items()
+        }
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.refresh_live()
+        return result
+
+    # --- forward --------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights()
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            t = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, w[t], self._live_idx[t])
+        return self.classifier(self.pool(s1).flatten(1))
+
+
+def reduction_layers(layers: int) -> tuple[int, int]:
+    return (layers // 3, 2 * layers // 3)

@@ -1,0 +1,216 @@
+"""Supervised training and evaluation loops for the retrain and test stages.
+
+The retraining recipe is the DARTS evaluation protocol (paper-notes "Evaluation
+protocol"): SGD with momentum and weight decay, cosine learning rate stepped once per
+epoch, gradient-norm clipping, auxiliary loss, and drop-path probability ramped
+linearly over the epochs. Statistics are accumulated on the device and read once per
+epoch so the loop never waits on the accelerator mid-epoch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sized
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Batch = tuple[Tensor, Tensor]
+StepHook = Callable[[int, int], None]
+
+
+@dataclass
+class RetrainConfig:
+    """Hyper-parameters of the final training of a genotype (DARTS defaults)."""
+
+    epochs: int = 600
+    batch_size: int = 96
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    auxiliary_weight: float = 0.4
+    drop_path_prob: float = 0.2
+    cutout: int = 16  # cutout side in pixels; 0 disables (applied by the data pipeline)
+
+    def validate(self) -> "RetrainConfig":
+        """Raise ValueError naming the first bad field; return self so calls can chain."""
+        _check_int(self, "epochs", 1, "a positive integer")
+        _check_int(self, "batch_size", 1, "a positive integer")
+        _check_int(self, "cutout", 0, "an integer >= 0 (0 disables cutout)")
+        _check_float(self, "lr", lambda v: v > 0, "a number > 0")
+        _check_float(self, "lr_min", lambda v: 0 <= v <= self.lr, f"a number in [0, lr={self.lr}]")
+        _check_float(self, "momentum", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        _check_float(self, "weight_decay", lambda v: v >= 0, "a number >= 0")
+        _check_float(self, "grad_clip", lambda v: v > 0, "a number > 0")
+        _check_float(self, "auxiliary_weight", lambda v: v >= 0, "a number >= 0")
+        _check_float(self, "drop_path_prob", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RetrainConfig":
+        """Build from a params mapping, rejecting unknown keys (a typo must not go unnoticed)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"retrain has unknown keys {unknown}; valid keys: {', '.join(sorted(known))}")
+        return cls(**d).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_int(cfg: RetrainConfig, name: str, minimum: int, valid: str) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"retrain.{name}={v!r} is invalid; must be {valid}")
+
+
+def _check_float(cfg: RetrainConfig, name: str, ok: Callable[[float], bool], valid: str) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+        raise ValueError(f"retrain.{name}={v!r} is invalid; must be {valid}")
+
+
+def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
+    """Closed-form cosine schedule: the learning rate used during 0-based ``epoch``."""
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def split_output(out: Tensor | tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None]:
+    """Accept both plain-logit models and ``(logits, logits_aux)`` models."""
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, None
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _steps_in(batches: Iterable[Batch]) -> int:
+    """Batches per epoch for progress hooks; 0 when the iterable has no length."""
+    return len(batches) if isinstance(batches, Sized) else 0
+
+
+class Retrainer:
+    """Owns the model's optimizer, LR schedule and epoch counter; trains one epoch at a time.
+
+    Epoch-at-a-time with a full ``state_dict`` lets a stage checkpoint after any epoch
+    and resume bit-exactly (given the same batches and torch RNG state).
+    """
+
+    def __init__(self, model: nn.Module, cfg: RetrainConfig, on_step: StepHook | None = None):
+        self.cfg = cfg.validate()
+        self.model = model
+        self.on_step = on_step
+        self.device = _model_device(model)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs,
+                                                                    eta_min=cfg.lr_min)
+        self.epoch = 0  # epochs completed
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def train_epoch(self, batches: Iterable[Batch]) -> dict[str, float]:
+        """Train one epoch; return {"epoch" (0-based index trained), "loss", "acc", "lr", "seconds"}.
+
+        "loss" is the mean optimised objective (CE + auxiliary_weight·CE_aux, as DARTS
+        logs it); "acc" is the top-1 fraction of the main head.
+        """
+        if self.done:
+            raise RuntimeError(f"all {self.cfg.epochs} epochs are already trained; nothing to resume")
+        start = time.perf_counter()
+        # linear ramp 0 -> drop_path_prob over the run, set before the epoch (DARTS)
+        self.model.drop_path_prob = self.cfg.drop_path_prob * self.epoch / self.cfg.epochs
+        lr = self.current_lr()
+        self.model.train()
+        loss_sum, correct, n = self._run_epoch(batches)
+        if n == 0:
+            raise ValueError("train_epoch got no batches")
+        self.scheduler.step()
+        stats = {"epoch": self.epoch, "loss": loss_sum.item() / n, "acc": correct.item() / n, "lr": lr}
+        self.epoch += 1
+        stats["seconds"] = time.perf_counter() - start
+        return stats
+
+    def _run_epoch(self, batches: Iterable[Batch]) -> tuple[Tensor, Tensor, int]:
+        """The step loop; sums stay on the device (no host sync per step)."""
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        n, total = 0, _steps_in(batches)
+        for step, (x, y) in enumerate(batches, start=1):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            loss, logits = self._step(x, y)
+            loss_sum += loss.detach() * y.size(0)
+            correct += (logits.detach().argmax(1) == y).sum()
+            n += y.size(0)
+            if self.on_step is not None:
+                self.on_step(step, total)
+        return loss_sum, correct, n
+
+    def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        logits, logits_aux = split_output(self.model(x))
+        loss = F.cross_entropy(logits, y)
+        if logits_aux is not None:
+            loss = loss + self.cfg.auxiliary_weight * F.cross_entropy(logits_aux, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss, logits
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where training stopped (bar the RNG)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+    """Mean CE, top-1 accuracy (fraction), error in percent and sample count, in eval mode.
+
+    The model's previous train/eval mode is restored afterwards, so evaluating in the
+    middle of a training run does not silently switch BN and drop-path off.
+    """
+    was_training = model.training
+    model.eval()
+    device = _model_device(model)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits, _ = split_output(model(x))
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+            n += y.size(0)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate got no batches")
+    acc = correct.item() / n
+    return {"loss": loss_sum.item() / n, "acc": acc, "error_pct": 100.0 * (1.0 - acc), "n": n}

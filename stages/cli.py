@@ -1,0 +1,113 @@
+"""The `darts` command: one subcommand per DVC stage (thin wrappers over `stages.*`).
+
+Every subcommand validates its inputs before any work and turns bad input into a
+one-line error on stderr with exit code 2; nothing half-written is left as a result.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Constrained differentiable NAS (CRB, FIMT, PR, ADMM on DARTS): pipeline stages.")
+
+PARAMS = typer.Option("params.yaml", "--params", help="params file")
+CONFIG = typer.Option(None, "--config", help="study config name (a key of params.configs); omit for the variant run")
+SEED = typer.Option(None, "--seed", help="seed (default: params.seed for the variant run, 0 otherwise)")
+PREPARED = typer.Option("data/prepared", "--prepared", help="folder written by prepare-split")
+
+
+def _guard(fn, *args, **kwargs):
+    from darts.constraints import ProjectionError
+    from darts.data import DataError
+    from darts.search import NonFiniteError
+    from darts.space import GenotypeError
+
+    from .params import ParamsError
+
+    try:
+        return fn(*args, **kwargs)
+    except (ParamsError, DataError, GenotypeError, ProjectionError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    except NonFiniteError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3)
+
+
+@app.command("prepare-split")
+def prepare_split(params: str = PARAMS, out: str = typer.Option("data/prepared", "--out")) -> None:
+    """Materialise the train/test sets (uint8 tensors) from params.data."""
+    from . import prepare_split as stage
+
+    meta = _guard(stage.run, params, out)
+    typer.echo(f"prepared {meta['dataset']}: {meta['train']} train / {meta['test']} test images "
+               f"at {meta['image_size']}px in {out}")
+
+
+@app.command()
+def search(out: str = typer.Option(..., "--out", help="output folder"), config: Optional[str] = CONFIG,
+           seed: Optional[int] = SEED, params: str = PARAMS, prepared: str = PREPARED) -> None:
+    """Run (or resume) the bilevel architecture search of one run."""
+    from . import search as stage
+
+    _guard(stage.run, params, config, seed, prepared, out)
+
+
+@app.command()
+def discretize(search_dir: str = typer.Option(..., "--search", help="search output folder"),
+               out: str = typer.Option(..., "--out", help="folder for genotype.json/.txt")) -> None:
+    """Project the final α onto S: write genotype.json and genotype.txt."""
+    from . import discretize as stage
+
+    g = _guard(stage.run, search_dir, out)
+    typer.echo(f"genotype: normal {g['normal']} reduce {g['reduce']}")
+
+
+@app.command()
+def retrain(genotype: str = typer.Option(..., "--genotype", help="genotype.json"),
+            out: str = typer.Option(..., "--out"), config: Optional[str] = CONFIG, seed: Optional[int] = SEED,
+            params: str = PARAMS, prepared: str = PREPARED) -> None:
+    """Train the evaluation network of a genotype from scratch (resumable)."""
+    from . import retrain as stage
+
+    _guard(stage.run, params, config, seed, genotype, prepared, out)
+
+
+@app.command()
+def test(retrain_dir: str = typer.Option(..., "--retrain", help="retrain output folder"),
+         search_dir: str = typer.Option(..., "--search", help="search output folder"),
+         out: str = typer.Option(..., "--out", help="metrics json to write"), prepared: str = PREPARED,
+         device: str = typer.Option("auto", "--device")) -> None:
+    """Test error of the retrained network; writes the run's metrics file."""
+    from . import test as stage
+
+    m = _guard(stage.run, retrain_dir, search_dir, prepared, out, device=device)
+    typer.echo(f"{m['label']} seed {m['seed']}: test error {m['test_error']:.2f}% params {m['params_m']:.3f}M")
+
+
+@app.command()
+def aggregate(params: str = PARAMS, metrics: str = typer.Option("metrics", "--metrics"),
+              out: str = typer.Option("reports", "--out")) -> None:
+    """Table 1 (md/csv/tex) over exactly params' configs × seeds."""
+    from . import aggregate as stage
+
+    _guard(stage.run, params, metrics, out)
+    typer.echo(f"wrote {out}/table1.md, table1.csv, table1.tex")
+
+
+@app.command()
+def scale(name: str = typer.Argument(..., help="quick | paper"), params: str = PARAMS,
+          dataset: Optional[str] = typer.Option(None, "--dataset", help="override data.dataset"),
+          root: Optional[str] = typer.Option(None, "--root", help="override data.root")) -> None:
+    """Switch params.yaml between the quick embedded study and the paper's protocol."""
+    from . import scales as stage
+
+    _guard(stage.apply, name, params, dataset, root)
+    typer.echo(f"params.yaml now at the {name!r} scale; run `dvc repro`")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,138 @@
+"""Reading and validating params.yaml: the study matrix, the variant run, the sections.
+
+Every command validates what it reads before doing any work, and every error is one
+line naming the bad value and the valid ones (raised as ParamsError, printed by the CLI).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ACTIVATIONS = ("softmax", "crb")
+SCHEDULES = ("alternate", "constant", "fimt")
+REGULARIZATIONS = ("none", "pr", "admm")
+DATASETS = ("synthetic", "cifar10", "imagefolder")
+RUN_KEYS = ("activation", "schedule", "regularization", "order")
+
+
+class ParamsError(ValueError):
+    """Bad params.yaml content (one-line message)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One search run: a point of activation × schedule × regularization × order, and a seed."""
+
+    name: str
+    label: str
+    activation: str
+    schedule: str
+    regularization: str
+    order: int
+    seed: int
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ParamsError(f"params file {p} does not exist; run from the project root or pass --params")
+    try:
+        params = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"params file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"params file {p} must hold a mapping, got {type(params).__name__}")
+    return params
+
+
+def _choice(where: str, value, valid: tuple) -> None:
+    if value not in valid:
+        raise ParamsError(f"{where}={value!r} is invalid; valid: {', '.join(map(str, valid))}")
+
+
+def _int(where: str, value, minimum: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ParamsError(f"{where}={value!r} is invalid; must be an integer >= {minimum}")
+    return value
+
+
+def check_run(where: str, entry: dict) -> None:
+    """Validate one run description (a `configs` entry or the top-level variant keys)."""
+    if not isinstance(entry, dict):
+        raise ParamsError(f"{where} must be a mapping with keys {', '.join(RUN_KEYS)}, got {entry!r}")
+    unknown = sorted(set(entry) - set(RUN_KEYS))
+    if unknown:
+        raise ParamsError(f"{where} has unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(RUN_KEYS)}")
+    for key in ("activation", "schedule", "regularization"):
+        if key not in entry:
+            raise ParamsError(f"{where} is missing {key!r}; valid keys: {', '.join(RUN_KEYS)}")
+    _choice(f"{where}.activation", entry["activation"], ACTIVATIONS)
+    _choice(f"{where}.schedule", entry["schedule"], SCHEDULES)
+    _choice(f"{where}.regularization", entry["regularization"], REGULARIZATIONS)
+    _choice(f"{where}.order", entry.get("order", 1), (1, 2))
+
+
+def study_runs(params: dict) -> list[RunSpec]:
+    """Every config × seed of the study, validated."""
+    configs = params.get("configs")
+    if not isinstance(configs, dict) or not configs:
+        raise ParamsError("params.configs must be a non-empty mapping of NAME: {activation, schedule, regularization}")
+    seeds = params.get("seeds")
+    if not isinstance(seeds, list) or not seeds:
+        raise ParamsError(f"params.seeds={seeds!r} is invalid; must be a non-empty list of integers")
+    for s in seeds:
+        _int("seeds[]", s)
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"params.seeds={seeds!r} has duplicates")
+    return [run_spec(params, name, seed) for name in configs for seed in seeds]
+
+
+def run_spec(params: dict, config: str | None, seed: int | None) -> RunSpec:
+    """The run of `--config NAME --seed N`, or the variant run (top-level keys) when config is None."""
+    if config is None:
+        entry = {k: params[k] for k in RUN_KEYS if k in params}
+        check_run("params", entry)
+        seed = _int("seed", params.get("seed", 0) if seed is None else seed)
+        name = f"{entry['activation']}-{entry['schedule']}-{entry['regularization']}"
+        label = name
+    else:
+        configs = params.get("configs") or {}
+        if config not in configs:
+            raise ParamsError(f"config {config!r} is not in params.configs; valid: {', '.join(configs) or '(none)'}")
+        if not config.isidentifier():
+            raise ParamsError(f"config name {config!r} is invalid; use identifiers (letters, digits, _)")
+        entry = configs[config]
+        check_run(f"configs.{config}", entry)
+        seed = _int("seed", 0 if seed is None else seed)
+        name = config
+        label = (params.get("labels") or {}).get(config, config)
+    return RunSpec(name=name, label=str(label), activation=entry["activation"], schedule=entry["schedule"],
+                   regularization=entry["regularization"], order=int(entry.get("order", 1)), seed=seed)
+
+
+def section(params: dict, key: str) -> dict:
+    value = params.get(key)
+    if not isinstance(value, dict):
+        raise ParamsError(f"params.{key} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def check_data(d: dict) -> dict:
+    _choice("data.dataset", d.get("dataset"), DATASETS)
+    for key in ("train_size", "test_size"):
+        if d.get(key) is not None:
+            _int(f"data.{key}", d[key], 1)
+    _int("data.image_size", d.get("image_size", 32), 8)
+    _int("data.seed", d.get("seed", 0))
+    if d["dataset"] in ("imagefolder",) and not d.get("root"):
+        raise ParamsError("data.root is required for dataset=imagefolder; give the folder with train/ and test/")
+    return d
+
+
+def positive(where: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ParamsError(f"{where}={value!r} is invalid; must be a positive number")
+    return float(value)

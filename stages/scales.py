@@ -1,0 +1,64 @@
+"""`darts scale quick|paper`: rewrite params.yaml's scale sections from a preset.
+
+The study (configs, labels) and the variant keys are kept; `seeds`, `data`, `search`
+and `retrain` are replaced by the preset in `stages/scales/<name>.yaml`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .params import DATASETS, ParamsError, load_params
+
+SCALES_DIR = Path(__file__).resolve().parent / "scales"
+SCALE_KEYS = ("seeds", "data", "search", "retrain")
+HEADER = """\
+# Study parameters. `configs` x `seeds` is the Table 1 study (dvc.yaml expands it);
+# the top-level activation/schedule/regularization/order/seed drive the single
+# variant chain under current/ (dvc exp run -S activation=crb).
+# Switch scale with `darts scale quick` / `darts scale paper` (rewrites this file).
+"""
+
+
+def preset(name: str) -> dict:
+    valid = sorted(p.stem for p in SCALES_DIR.glob("*.yaml"))
+    if name not in valid:
+        raise ParamsError(f"scale {name!r} is unknown; valid: {', '.join(valid)}")
+    return yaml.safe_load((SCALES_DIR / f"{name}.yaml").read_text())
+
+
+def apply(name: str, params_path: str, dataset: str | None = None, root: str | None = None) -> dict:
+    params = load_params(params_path)
+    p = preset(name)
+    if dataset is not None:
+        if dataset not in DATASETS:
+            raise ParamsError(f"--dataset {dataset!r} is invalid; valid: {', '.join(DATASETS)}")
+        p["data"]["dataset"] = dataset
+    if root is not None:
+        p["data"]["root"] = root
+    out = {k: v for k, v in params.items() if k not in SCALE_KEYS}
+    out["scale"] = name
+    out.update(p)
+    Path(params_path).write_text(HEADER + dump(out))
+    return out
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block mappings, flow lists: `seeds: [0, 1]` but one key per line elsewhere."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def dump(params: dict) -> str:
+    """YAML with one line per config entry and block mappings elsewhere (readable diffs)."""
+    parts = []
+    for key, value in params.items():
+        if key == "configs" and isinstance(value, dict):
+            parts.append("configs:\n" + "".join(
+                f"  {name}: {yaml.safe_dump(entry, default_flow_style=True, sort_keys=False).strip()}\n"
+                for name, entry in value.items()))
+        else:
+            parts.append(yaml.dump({key: value}, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000))
+    return "".join(parts)

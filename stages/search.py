@@ -1,0 +1,145 @@
+"""`darts search`: the bilevel search of one run (a study config × seed, or the variant).
+
+Reads `search` and `data` params, builds the activation, schedule and regularizer the
+run names, and resumes from its checkpoint when one exists (checkpoints are keyed by a
+hash of everything that determines the run). Writes `supernet.pt` (weights, α, masks),
+`history.pt` (α at every update, schedule log, pruning events), `search.json`, `log.txt`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from darts import checkpoint as ckpt
+from darts.activations import make_activation
+from darts.data import BatchStream, split_indices
+from darts.regularizers import make_regularizer
+from darts.schedules import make_schedule, train_fraction
+from darts.search import SearchConfig, Searcher, evaluate_supernet
+from darts.supernet import SearchNetwork
+
+from .common import checkpoint_path, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
+from .params import ParamsError, RunSpec, check_data, load_params, positive, run_spec, section
+from .progress import Progress
+
+#: keys of params.search that are not SearchConfig fields
+EXTRA_KEYS = {
+    "layers": 8, "C": 16, "k": 10, "fimt_lambda": 0.2, "fimt_m": 1.05, "fimt_threshold": 1.0,
+    "pr_rho": 0.1, "admm_rho": 0.1, "admm_n": 10, "admm_discount": 0.8, "crb_alpha_weight_decay": 0.0,
+    "crb_init_noise": 1e-4, "softmax_init_scale": 1e-3, "device": "auto", "checkpoint_every": 1,
+}
+
+
+def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
+    """Validated (SearchConfig, extra settings) for a run, with CRB's α weight decay applied."""
+    s = section(params, "search")
+    cfg_fields = {f.name for f in fields(SearchConfig)}
+    unknown = sorted(set(s) - cfg_fields - set(EXTRA_KEYS))
+    if unknown:
+        raise ParamsError(f"params.search has unknown key(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(sorted(cfg_fields | set(EXTRA_KEYS)))}")
+    extra = {k: s.get(k, v) for k, v in EXTRA_KEYS.items()}
+    cfg = SearchConfig(**{k: (tuple(v) if k == "alpha_betas" else v) for k, v in s.items() if k in cfg_fields})
+    cfg.order = spec.order
+    if spec.activation == "crb":  # paper §4.1: no α weight decay with CRB (the authors' code kept 1e-3)
+        cfg.alpha_weight_decay = extra["crb_alpha_weight_decay"]
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise ParamsError(str(e)) from None
+    for key in ("layers", "C", "k", "admm_n", "checkpoint_every"):
+        v = extra[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ParamsError(f"search.{key}={v!r} is invalid; must be a positive integer")
+    if extra["layers"] < 3:
+        raise ParamsError(f"search.layers={extra['layers']} is invalid; need >= 3 (two reduction cells)")
+    if extra["C"] % 2:
+        raise ParamsError(f"search.C={extra['C']} is invalid; must be even (FactorizedReduce halves it)")
+    if not (isinstance(extra["fimt_m"], (int, float)) and extra["fimt_m"] > 1):
+        raise ParamsError(f"search.fimt_m={extra['fimt_m']!r} is invalid; must be a number > 1")
+    for key in ("fimt_lambda", "admm_discount"):
+        v = extra[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise ParamsError(f"search.{key}={v!r} is invalid; must be in (0, 1]")
+    for key in ("fimt_threshold", "pr_rho", "admm_rho"):
+        positive(f"search.{key}", extra[key])
+    return cfg, extra
+
+
+def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torch.device, data_seed: int):
+    """The Searcher of a run, freshly initialised from its seed."""
+    seed_everything(spec.seed)
+    act_kwargs = {"init_noise": extra["crb_init_noise"]} if spec.activation == "crb" else {"init_scale": extra["softmax_init_scale"]}
+    activation = make_activation(spec.activation, **act_kwargs)
+    schedule = make_schedule(spec.schedule, k=extra["k"], lam=extra["fimt_lambda"], m=extra["fimt_m"],
+                             threshold=extra["fimt_threshold"])
+    regularizer = make_regularizer(spec.regularization, rho_pr=extra["pr_rho"], rho_admm=extra["admm_rho"],
+                                   admm_n=extra["admm_n"], admm_discount=extra["admm_discount"])
+    frac = train_fraction(schedule.ratio)
+    tr_idx, va_idx = split_indices(len(train_set), frac, data_seed)
+    train_stream = BatchStream(train_set.take(tr_idx), cfg.batch_size, seed=spec.seed, device=device)
+    val_stream = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=spec.seed + 1, device=device)
+    g = torch.Generator().manual_seed(spec.seed)
+    net = SearchNetwork(activation, C=extra["C"], n_classes=len(train_set.classes), layers=extra["layers"],
+                        generator=g).to(device)
+    searcher = Searcher(net, cfg, schedule, regularizer, train_stream, val_stream)
+    split = {"train_fraction": frac, "train": len(tr_idx), "val": len(va_idx)}
+    val_eval = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=0, device=device, train=False)
+    return searcher, split, val_eval
+
+
+def run(params_path: str, config: str | None, seed: int | None, prepared: str, out: str) -> dict:
+    params = load_params(params_path)
+    spec = run_spec(params, config, seed)
+    cfg, extra = search_settings(params, spec)
+    data_params = check_data(section(params, "data"))
+    device = pick_device(str(extra["device"]))
+    train_set = load_prepared(prepared, "train")
+    searcher, split, val_eval = build(spec, cfg, extra, train_set, device, int(data_params.get("seed", 0)))
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = ckpt.run_key("search", asdict(spec), asdict(cfg), extra, data_params)
+    state_file = checkpoint_path("search", key)
+    progress = Progress(f"search {spec.label} seed {spec.seed}", cfg.epochs, out_dir / "log.txt")
+    if state_file.is_file():
+        searcher.load_state_dict(ckpt.load(state_file))
+        progress.line(f"resuming from {state_file} at epoch {searcher.epoch}/{cfg.epochs}")
+    else:
+        progress.line(f"search {spec.label} ({spec.activation}, {spec.schedule}, {spec.regularization}, "
+                      f"order {spec.order}) seed {spec.seed} on {device_label(device)}; split {split}")
+    while not searcher.done:
+        progress.start_epoch(searcher.epoch + 1, searcher.epoch)
+        row = searcher.run_epoch(on_step=progress.step)
+        progress.end_epoch(row, ("train_loss", "train_acc", "val_loss", "alpha_ratio", "penalty"))
+        if searcher.epoch % extra["checkpoint_every"] == 0 or searcher.done:
+            ckpt.save_atomic(searcher.state_dict(), state_file)
+    final = evaluate_supernet(searcher.net, val_eval.epoch_batches())
+    net = searcher.net
+    ckpt.save_atomic({"state": net.state_dict(), "ops": list(net.ops), "activation": spec.activation,
+                      "C": extra["C"], "layers": extra["layers"], "n_classes": len(train_set.classes)},
+                     out_dir / "supernet.pt")
+    ckpt.save_atomic(searcher.history.state_dict(), out_dir / "history.pt")
+    summary = {
+        "run": asdict(spec),
+        "split": split,
+        "device": device_label(device),
+        "search_seconds": searcher.seconds,
+        "search_gpu_days": searcher.seconds / 86400.0,
+        "epochs": searcher.history.epochs,
+        "alpha_steps": len(searcher.history.alpha_steps) - 1,
+        "w_steps": searcher.step,
+        "alpha_ratio": (len(searcher.history.alpha_steps) - 1) / max(searcher.step, 1),
+        "pruned_ops": len(searcher.history.pruned),
+        **final,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    ckpt.write_json_atomic(summary, out_dir / "search.json")
+    progress.line(f"done in {searcher.seconds:.1f}s: val_acc {final.get('val_acc', float('nan')):.3f}, "
+                  f"α steps {summary['alpha_steps']} / w steps {summary['w_steps']}")
+    progress.close()
+    drop_checkpoint(state_file)
+    return summary

@@ -1,0 +1,140 @@
+"""The DARTS evaluation network: parameter count, shapes, aux head and drop-path."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import darts.evalnet as evalnet
+from darts.evalnet import EvalNetwork, count_params_m, drop_path
+from darts.ops import Identity
+from darts.space import DARTS_V2
+
+
+def tiny(auxiliary: bool = True) -> EvalNetwork:
+    torch.manual_seed(0)
+    return EvalNetwork(DARTS_V2, C=4, n_classes=10, layers=3, auxiliary=auxiliary)
+
+
+def test_darts_v2_param_count_matches_darts():
+    # DARTS reports 3.3M; its count_parameters_in_MB gives 3.349342 for this genotype
+    model = EvalNetwork(DARTS_V2, C=36, n_classes=10, layers=20, auxiliary=True)
+    assert abs(count_params_m(model) - 3.349342) < 1e-6
+    aux = sum(p.numel() for p in model.auxiliary_head.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert aux > 0 and total / 1e6 == pytest.approx(3.349342 + aux / 1e6)
+    no_aux = EvalNetwork(DARTS_V2, C=36, n_classes=10, layers=20, auxiliary=False)
+    assert count_params_m(no_aux) == count_params_m(model)
+
+
+def test_reduction_cells_and_widths():
+    model = EvalNetwork(DARTS_V2, C=36, layers=20)
+    assert [i for i, c in enumerate(model.cells) if c.reduction] == [6, 13]
+    assert model.classifier.in_features == 4 * 4 * 36
+    # the head sits after cell 13, the second reduction cell itself (as in DARTS)
+    assert model.auxiliary_head.features[0].in_channels == 4 * 4 * 36
+
+
+@pytest.mark.parametrize("size", [32, 16])
+def test_shapes_and_aux_only_in_training(size):
+    model = tiny()
+    x = torch.randn(3, 3, size, size)
+    model.train()
+    logits, aux = model(x)
+    assert logits.shape == (3, 10) and aux is not None and aux.shape == (3, 10)
+    model.eval()
+    logits, aux = model(x)
+    assert logits.shape == (3, 10) and aux is None
+
+
+def test_no_aux_head():
+    model = tiny(auxiliary=False).train()
+    logits, aux = model(torch.randn(2, 3, 16, 16))
+    assert aux is None and model.auxiliary_head is None
+
+
+def test_aux_head_pooling_choice():
+    """32×32 images reach the head at 8×8 (DARTS pool); 16×16 ones at 4×4 (adaptive)."""
+    head = evalnet.AuxiliaryHeadCIFAR(8, 10).eval()
+    for side in (8, 4, 5, 12):
+        assert head(torch.randn(2, 8, side, side)).shape == (2, 10)
+    x = torch.randn(2, 8, 8, 8)
+    pooled = torch.nn.functional.avg_pool2d(torch.relu(x), 5, stride=3)
+    expected = head.classifier(head.features(pooled).flatten(1))
+    assert torch.allclose(head(x), expected)
+
+
+def test_drop_path_randomness_only_in_training():
+    model = tiny()
+    x = torch.randn(4, 3, 16, 16)
+    model.drop_path_prob = 0.5
+    model.train()
+    torch.manual_seed(1)
+    a, _ = model(x)
+    torch.manual_seed(2)
+    b, _ = model(x)
+    assert not torch.allclose(a, b)
+    torch.manual_seed(1)
+    a2, _ = model(x)
+    assert torch.equal(a, a2)  # the randomness is the global torch RNG
+    model.eval()
+    torch.manual_seed(1)
+    c, _ = model(x)
+    torch.manual_seed(2)
+    d, _ = model(x)
+    assert torch.equal(c, d)
+
+
+def test_no_drop_path_when_prob_zero():
+    model = tiny().train()
+    x = torch.randn(4, 3, 16, 16)
+    torch.manual_seed(1)
+    a, _ = model(x)
+    torch.manual_seed(2)
+    b, _ = model(x)
+    assert torch.equal(a, b)
+
+
+def test_identity_ops_never_dropped(monkeypatch):
+    """DARTS_V2, layers=3: normal cell has 6 non-identity ops, each reduce cell 5."""
+    calls: list[tuple[int, ...]] = []
+
+    def spy(x, p):
+        calls.append(tuple(x.shape))
+        return x
+
+    model = tiny()
+    n_identity = sum(isinstance(op, Identity) for cell in model.cells for op in cell._ops)
+    assert n_identity == 2 + 3 + 3
+    monkeypatch.setattr(evalnet, "drop_path", spy)
+    model.drop_path_prob = 0.3
+    model.train()(torch.randn(2, 3, 16, 16))
+    assert len(calls) == 6 + 5 + 5
+    calls.clear()
+    model.eval()(torch.randn(2, 3, 16, 16))
+    assert calls == []
+
+
+def test_drop_path_function_numerics():
+    torch.manual_seed(0)
+    x = torch.ones(20000, 2, 3, 3)
+    p = 0.3
+    y = drop_path(x, p)
+    per_sample = y.flatten(1)
+    # one mask per sample: all entries of a sample are equal, either 0 or 1/keep
+    assert torch.equal(per_sample.min(1).values, per_sample.max(1).values)
+    scaled = per_sample[:, 0][per_sample[:, 0] > 0]
+    assert torch.allclose(scaled, torch.full_like(scaled, 1 / (1 - p)))
+    kept = (per_sample[:, 0] > 0).float().mean().item()
+    assert kept == pytest.approx(1 - p, abs=0.015)
+    assert y.mean().item() == pytest.approx(1.0, abs=0.03)  # expectation preserved
+    assert torch.equal(x, torch.ones_like(x))  # input untouched (out of place)
+    assert drop_path(x, 0.0) is x
+
+
+def test_gradients_flow_through_aux_and_main():
+    model = tiny().train()
+    model.drop_path_prob = 0.2
+    logits, aux = model(torch.randn(2, 3, 16, 16))
+    (logits.sum() + aux.sum()).backward()
+    assert model.stem[0].weight.grad is not None
+    assert model.auxiliary_head.classifier.weight.grad is not None
