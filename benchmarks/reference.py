@@ -65,28 +65,40 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
 
-def pool(kind, c, stride) -> nn.Sequential:
+def pool(kind, c, stride, search) -> nn.Module:
     p = (nn.MaxPool2d(3, stride=stride, padding=1) if kind == "max"
          else nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False))
-    return nn.Sequential(p, nn.BatchNorm2d(c, affine=False))
+    return nn.Sequential(p, nn.BatchNorm2d(c, affine=False)) if search else p
 
 
+# name -> factory(C, stride, search), as darts.ops.OPS
 OPS = {
-    "none": lambda c, s: Zero(s),
-    "max_pool_3x3": lambda c, s: pool("max", c, s),
-    "avg_pool_3x3": lambda c, s: pool("avg", c, s),
-    "skip_connect": lambda c, s: Identity() if s == 1 else FactorizedReduce(c, c, affine=False),
-    "sep_conv_3x3": lambda c, s: sep_conv(c, c, 3, s, 1, affine=False),
-    "sep_conv_5x5": lambda c, s: sep_conv(c, c, 5, s, 2, affine=False),
-    "dil_conv_3x3": lambda c, s: dil_conv(c, c, 3, s, 2, 2, affine=False),
-    "dil_conv_5x5": lambda c, s: dil_conv(c, c, 5, s, 4, 2, affine=False),
+    "none": lambda c, s, search: Zero(s),
+    "max_pool_3x3": lambda c, s, search: pool("max", c, s, search),
+    "avg_pool_3x3": lambda c, s, search: pool("avg", c, s, search),
+    "skip_connect": lambda c, s, search: Identity() if s == 1 else FactorizedReduce(c, c, affine=not search),
+    "sep_conv_3x3": lambda c, s, search: sep_conv(c, c, 3, s, 1, affine=not search),
+    "sep_conv_5x5": lambda c, s, search: sep_conv(c, c, 5, s, 2, affine=not search),
+    "dil_conv_3x3": lambda c, s, search: dil_conv(c, c, 3, s, 2, 2, affine=not search),
+    "dil_conv_5x5": lambda c, s, search: dil_conv(c, c, 5, s, 4, 2, affine=not search),
 }
+
+
+def build_op(name: str, channels: int, stride: int, search: bool) -> nn.Module:
+    return OPS[name](channels, stride, search)
+
+
+def patch_evalnet():
+    """Make ``darts.evalnet`` build its cells from these ops (for the eval-step "before")."""
+    import darts.evalnet as evalnet
+    evalnet.build_op, evalnet.FactorizedReduce, evalnet.Identity = build_op, FactorizedReduce, Identity
+    evalnet.ReLUConvBN = relu_conv_bn
 
 
 class MixedEdge(nn.Module):
     def __init__(self, ops, channels, stride):
         super().__init__()
-        self.ops = nn.ModuleList(OPS[name](channels, stride) for name in ops)
+        self.ops = nn.ModuleList(OPS[name](channels, stride, True) for name in ops)
 
     def forward(self, x, w, live_idx):
         out = None

@@ -57,7 +57,10 @@ class CRB:
         return 1.0 / k + self.init_noise * torch.randn(n_edges, k, generator=generator)
 
     def __call__(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-        return alpha.clamp(0.0, 1.0) * live
+        # clamp(α, 0, 1) with gradient 1 on the closed interval [0, 1]: torch's clamp passes
+        # no gradient at the boundary, which would leave an op held at α = 0 stuck there
+        inside = (alpha >= 0.0) & (alpha <= 1.0)
+        return torch.where(inside, alpha, alpha.detach().clamp(0.0, 1.0)) * live
 
     @torch.no_grad()
     def prune(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:

@@ -67,10 +67,16 @@ class Genotype:
     def __post_init__(self) -> None:
         for name in ("normal", "reduce"):
             cell = getattr(self, name)
-            object.__setattr__(self, name, [(str(op), int(src)) for op, src in cell])
+            try:
+                object.__setattr__(self, name, [(str(op), int(src)) for op, src in cell])
+            except (TypeError, ValueError) as e:
+                raise GenotypeError(f"{name}={cell!r:.80} is malformed; expected 8 (op name, source state) pairs") from e
             _validate_cell(name, getattr(self, name))
         for name in ("normal_concat", "reduce_concat"):
-            object.__setattr__(self, name, [int(c) for c in getattr(self, name)])
+            try:
+                object.__setattr__(self, name, [int(c) for c in getattr(self, name)])
+            except (TypeError, ValueError) as e:
+                raise GenotypeError(f"{name}={getattr(self, name)!r} is malformed; expected {list(CONCAT)}") from e
             if sorted(getattr(self, name)) != list(CONCAT):
                 raise GenotypeError(f"{name}={getattr(self, name)} is invalid; expected {list(CONCAT)}")
 
@@ -90,12 +96,12 @@ class Genotype:
         missing = {"normal", "reduce"} - set(d)
         if missing:
             raise GenotypeError(f"genotype is missing keys {sorted(missing)}; expected normal, reduce, *_concat")
-        return cls(
-            normal=[tuple(x) for x in d["normal"]],
-            reduce=[tuple(x) for x in d["reduce"]],
-            normal_concat=list(d.get("normal_concat", CONCAT)),
-            reduce_concat=list(d.get("reduce_concat", CONCAT)),
-        )
+        try:
+            cells = {k: [tuple(x) for x in d[k]] for k in ("normal", "reduce")}
+            concats = {k: list(d.get(k, CONCAT)) for k in ("normal_concat", "reduce_concat")}
+        except TypeError as e:
+            raise GenotypeError(f"genotype is malformed ({e}); expected lists of (op name, source state) pairs") from e
+        return cls(**cells, **concats)
 
     @classmethod
     def from_json(cls, text: str) -> "Genotype":
@@ -126,7 +132,10 @@ class Genotype:
                 raise GenotypeError(f"DARTS genotype string has no {key}=[...]")
             raw = km.group(1)
             rm = re.fullmatch(r"range\(\s*(\d+)\s*,\s*(\d+)\s*\)", raw)
-            fields[key] = list(range(int(rm.group(1)), int(rm.group(2)))) if rm else ast.literal_eval(raw)
+            try:
+                fields[key] = list(range(int(rm.group(1)), int(rm.group(2)))) if rm else ast.literal_eval(raw)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+                raise GenotypeError(f"DARTS genotype string: {key}={raw[:60]!r} is not a literal list") from e
         return cls.from_dict(fields)
 
 

@@ -80,6 +80,11 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
                                    admm_n=extra["admm_n"], admm_discount=extra["admm_discount"])
     frac = train_fraction(schedule.ratio)
     tr_idx, va_idx = split_indices(len(train_set), frac, data_seed)
+    for part, idx in (("train", tr_idx), ("validation", va_idx)):
+        if cfg.batch_size > len(idx):
+            raise ParamsError(f"search.batch_size={cfg.batch_size} is larger than the {part} part of the search "
+                              f"split ({len(idx)} of {len(train_set)} images at train fraction {frac:.4f}); "
+                              "lower the batch size or raise data.train_size")
     train_stream = BatchStream(train_set.take(tr_idx), cfg.batch_size, seed=spec.seed, device=device)
     val_stream = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=spec.seed + 1, device=device)
     g = torch.Generator().manual_seed(spec.seed)

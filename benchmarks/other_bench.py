@@ -1,0 +1,101 @@
+"""The evaluation-network training step, the data pipeline and the end-to-end study.
+
+The eval step is ``darts.train.Retrainer``'s (forward, CE + 0.4·aux CE, backward,
+clip, SGD) on the DARTS_V2 genotype at C=16, 8 cells, batch 64, with drop-path at the
+mid-run probability 0.1, as a real retrain spends most of its steps with drop-path on.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .common import StepTimer, count_flops, matmul_gflops, report
+
+EVAL = (16, 8, 64, 32)  # C, cells, batch, side
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _eval_model(impl: str):
+    from darts import evalnet
+    from darts.space import DARTS_V2
+    if impl == "reference":
+        from .reference import patch_evalnet
+        patch_evalnet()
+    c, layers, _, _ = EVAL
+    torch.manual_seed(0)
+    return evalnet.EvalNetwork(DARTS_V2, C=c, layers=layers, auxiliary=True)
+
+
+def eval_step(spec: dict) -> dict:
+    from darts.train import RetrainConfig, Retrainer
+    _, _, batch, side = EVAL
+    meta = _eval_model("reference").to("meta")
+    xm = torch.empty(batch, 3, side, side, device="meta")
+    ym = torch.zeros(batch, dtype=torch.long, device="meta")
+
+    def step():
+        logits, aux = meta(xm)
+        (F.cross_entropy(logits, ym) + 0.4 * F.cross_entropy(aux, ym)).backward()
+
+    flops = count_flops(step)
+    model = _eval_model(spec["impl"])
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(batch, 3, side, side, generator=g), torch.randint(0, 10, (batch,), generator=g))
+               for _ in range(3)]
+    timer = StepTimer()
+    trainer = Retrainer(model, RetrainConfig(epochs=2, batch_size=batch, drop_path_prob=0.2), on_step=timer)
+    trainer.epoch = 1  # drop_path_prob = 0.2 · 1/2 in this epoch
+    steps = spec.get("steps") or 5
+    trainer.train_epoch(batches[:2])  # warm-up
+    trainer.epoch = 1
+    mm = matmul_gflops()
+    timer.reset()
+    trainer.train_epoch((batches * steps)[:steps])
+    row = {"bench": "eval_step", "config": spec["config"], "impl": spec["impl"]}
+    row.update(timer.summary())
+    return report(row, flops, batch, mm)
+
+
+def data_pipeline(spec: dict) -> dict:
+    """Augmented batches per second out of ``darts.data.BatchStream`` (what the model eats)."""
+    from darts.data import BatchStream, make_synthetic
+    batch, n = 64, 64 * 40
+    ds = make_synthetic(n, size=32, seed=0)
+    cutout = 16 if spec["config"].endswith("cutout") else 0
+    stream = BatchStream(ds, batch, seed=0, train=True, cutout=cutout)
+    stream.next()
+    timer = StepTimer()
+    for _ in range(spec.get("steps") or 30):
+        stream.next()
+        timer()
+    row = {"bench": "data_pipeline", "config": spec["config"], "impl": "-", "cutout": cutout}
+    row.update(timer.summary())
+    return report(row, None, batch, matmul_gflops())
+
+
+def study_e2e(spec: dict) -> dict:
+    """Wall time of ``dvc repro`` of the quick study in a temporary copy of the repository."""
+    row = {"bench": "study_e2e", "config": spec["config"], "impl": "-"}
+    if not (ROOT / "dvc.yaml").exists() or shutil.which("dvc") is None:
+        row["skipped"] = "no dvc.yaml or no dvc on PATH"
+        return row
+    ignore = shutil.ignore_patterns("runs", ".checkpoints", "current", "__pycache__", ".venv")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "repo"
+        shutil.copytree(ROOT, work, ignore=ignore)
+        t = time.perf_counter()
+        proc = subprocess.run(["dvc", "repro"], cwd=work, env=dict(os.environ), capture_output=True, text=True)
+        row["seconds"] = time.perf_counter() - t
+        row["returncode"] = proc.returncode
+        if proc.returncode:
+            row["stderr_tail"] = proc.stderr[-500:]
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return row

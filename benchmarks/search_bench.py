@@ -1,0 +1,128 @@
+"""One search iteration (α step on a val batch + w step on a train batch), timed.
+
+The iteration is exactly ``darts.search.Searcher.run_epoch``'s: the benchmark builds a
+Searcher (alternate schedule, no regularizer, the configured activation) over fake
+streams of pre-drawn random CIFAR-shaped batches, so data loading is not in the time
+(it has its own benchmark), and times each step of an epoch through ``on_step``.
+FLOPs are the *model's*: counted once per config on the meta device with the
+straightforward reference formulation, so a faster formulation that executes more
+arithmetic (or less) does not change the GFLOP/s yardstick.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from darts.activations import CRB, Softmax
+from darts.regularizers import NoRegularizer
+from darts.schedules import alternate
+from darts.search import SearchConfig, Searcher
+from darts.supernet import SearchNetwork
+
+from .common import StepTimer, count_flops, matmul_gflops, report
+from .reference import ReferenceSearchNetwork
+
+SIZES = {  # name: (C, cells, batch, image side); FLOP/iteration softmax: 2.2 G, 23.6 G, 230 G
+    "tiny": (4, 5, 32, 16),
+    "small": (8, 5, 32, 32),
+    "paper": (16, 8, 64, 32),
+}
+STEPS = {"tiny": (2, 8), "small": (2, 5), "paper": (1, 3)}  # (warm-up, timed) iterations
+
+
+class FakeStream:
+    """The stream API Searcher uses, cycling through a few fixed random batches."""
+
+    def __init__(self, batch: int, side: int, n_steps: int, seed: int, n_batches: int = 3):
+        g = torch.Generator().manual_seed(seed)
+        self.batches = [(torch.randn(batch, 3, side, side, generator=g),
+                         torch.randint(0, 10, (batch,), generator=g)) for _ in range(n_batches)]
+        self.n_steps, self.i = n_steps, 0
+
+    def __len__(self) -> int:
+        return self.n_steps
+
+    def next(self):
+        self.i += 1
+        return self.batches[self.i % len(self.batches)]
+
+    def epoch_batches(self):
+        for _ in range(self.n_steps):
+            yield self.next()
+
+    def state_dict(self) -> dict:
+        return {"i": self.i}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.i = d["i"]
+
+
+def prune_half(net) -> None:
+    """Mask (seeded) 4 ops on even edges and 3 on odd ones: half of CRB's 14×7 per cell type."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for t, live in net.live().items():
+            k = live.shape[1]
+            for e in range(live.shape[0]):
+                dead = torch.randperm(k, generator=g)[: (k + 1) // 2 if e % 2 == 0 else k // 2]
+                live[e, dead] = False
+            net.alphas()[t].masked_fill_(~live, 0.0)
+    net.refresh_live()
+
+
+def build_net(impl: str, activation: str, size: str):
+    c, layers, _, _ = SIZES[size]
+    act = Softmax() if activation == "softmax" else CRB()
+    cls = ReferenceSearchNetwork if impl == "reference" else SearchNetwork
+    torch.manual_seed(0)
+    net = cls(act, C=c, layers=layers)
+    if activation == "crb_half":
+        prune_half(net)
+    return net
+
+
+def iteration_flops(activation: str, size: str, order: int) -> int:
+    """Model FLOPs of one iteration, on the meta device (fast, no memory)."""
+    _, _, batch, side = SIZES[size]
+    net = build_net("reference", activation, size).to("meta")
+    x = torch.empty(batch, 3, side, side, device="meta")
+    y = torch.zeros(batch, dtype=torch.long, device="meta")
+    a = net.arch_parameters()
+
+    def iteration():
+        if order == 2:
+            from darts.unrolled import unrolled_alpha_grads
+            opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9)
+            unrolled_alpha_grads(net, opt, (x, y), (x, y))
+        else:
+            torch.autograd.grad(F.cross_entropy(net(x), y), a)
+        for p in a:
+            p.requires_grad_(False)
+        F.cross_entropy(net(x), y).backward()
+        for p in a:
+            p.requires_grad_(True)
+
+    return count_flops(iteration)
+
+
+def run(spec: dict) -> dict:
+    size, activation, impl = spec["size"], spec["activation"], spec["impl"]
+    order = spec.get("order", 1)
+    _, _, batch, side = SIZES[size]
+    warm, steps = STEPS[size]
+    steps = spec.get("steps") or steps
+    flops = iteration_flops(activation, size, order)
+    net = build_net(impl, activation, size)
+    train, val = FakeStream(batch, side, warm, 1), FakeStream(batch, side, warm, 2)
+    cfg = SearchConfig(epochs=1000, batch_size=batch, order=order)
+    searcher = Searcher(net, cfg, alternate(), NoRegularizer(), train, val)
+    timer = StepTimer()
+    searcher.run_epoch(timer)  # warm-up: allocator, oneDNN primitive caches, lazy inits
+    train.n_steps = steps
+    mm = matmul_gflops()
+    timer.reset()
+    searcher.run_epoch(timer)
+    row = {"bench": "search_step", "config": spec["config"], "impl": impl, "activation": activation,
+           "order": order, "live_ops": {t: int(m.sum()) for t, m in net.live().items()}}
+    row.update(timer.summary())
+    return report(row, flops, 2 * batch, mm)
