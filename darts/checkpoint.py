@@ -19,9 +19,26 @@ import torch
 SCIENCE_VERSION = "1"
 
 
+def science_fingerprint() -> str:
+    """Hash of the `darts` package sources: any change to the science invalidates checkpoints."""
+    h = hashlib.sha256(SCIENCE_VERSION.encode())
+    for f in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def run_key(*parts) -> str:
-    """A short stable hash of JSON-serialisable run descriptions (config, hyperparameters, data)."""
-    blob = json.dumps([SCIENCE_VERSION, *parts], sort_keys=True, default=str)
+    """A short stable hash of what determines a run (config, hyperparameters, data, code)."""
+    blob = json.dumps([science_fingerprint(), *parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -21,6 +21,7 @@ class History:
         self.steps: dict[str, list] = {"alpha": []}  # per iteration: α-step flag (+ F, F̄, T for FIMT)
         self.epochs: list[dict] = []
         self._pending: list[tuple[torch.Tensor | None, torch.Tensor]] = []
+        self._epoch_start = 0  # index into val_loss/penalty of the current epoch's first α step
 
     def record_alpha(self, step: int, epoch: int, weights: dict[str, torch.Tensor], newly=None,
                      penalty: torch.Tensor | None = None, val_loss: torch.Tensor | None = None,
@@ -41,17 +42,21 @@ class History:
         for key, v in logged.items():
             self.steps.setdefault(key, []).append(float(v))
 
-    def epoch_alpha_stats(self) -> dict:
-        """Flush the α-step losses of the epoch (one host sync per epoch)."""
+    def flush(self) -> None:
+        """Move the pending on-device α-step losses to host lists (one sync)."""
         if not self._pending:
-            return {"val_loss": None, "penalty": None}
-        vl = torch.stack([v.float().cpu() for _, v in self._pending]).tolist()
-        pens = [p for p, _ in self._pending]
-        pl = torch.stack([p.float().cpu() for p in pens]).tolist() if all(p is not None for p in pens) else []
-        self.val_loss += vl
-        self.penalty += pl
+            return
+        self.val_loss += torch.stack([v.float().cpu() for _, v in self._pending]).tolist()
+        if all(p is not None for p, _ in self._pending):
+            self.penalty += torch.stack([p.float().cpu() for p, _ in self._pending]).tolist()
         self._pending = []
-        return {"val_loss": sum(vl) / len(vl), "penalty": (sum(pl) / len(pl)) if pl else None}
+
+    def epoch_alpha_stats(self) -> dict:
+        """Mean validation loss and penalty of this epoch's α steps; starts the next epoch."""
+        self.flush()
+        vl, pl = self.val_loss[self._epoch_start:], self.penalty[self._epoch_start:]
+        self._epoch_start = len(self.val_loss)
+        return {"val_loss": sum(vl) / len(vl) if vl else None, "penalty": sum(pl) / len(pl) if pl else None}
 
     def record_epoch(self, row: dict) -> None:
         self.epochs.append(row)
@@ -61,8 +66,7 @@ class History:
         return torch.stack(self.alpha[cell]) if self.alpha[cell] else torch.empty(0)
 
     def state_dict(self) -> dict:
-        if self._pending:
-            self.epoch_alpha_stats()
+        self.flush()
         return {
             "ops": self.ops,
             "alpha_steps": self.alpha_steps,
@@ -73,6 +77,7 @@ class History:
             "pruned": self.pruned,
             "steps": self.steps,
             "epochs": self.epochs,
+            "epoch_start": self._epoch_start,
         }
 
     def load_state_dict(self, d: dict) -> None:
@@ -82,3 +87,4 @@ class History:
         self.penalty, self.val_loss = list(d["penalty"]), list(d["val_loss"])
         self.pruned, self.steps, self.epochs = list(d["pruned"]), dict(d["steps"]), list(d["epochs"])
         self._pending = []
+        self._epoch_start = int(d.get("epoch_start", len(self.val_loss)))

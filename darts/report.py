@@ -35,15 +35,33 @@ def summarize(runs: pd.DataFrame, order: list[str], labels: dict[str, str]) -> p
     return pd.DataFrame(rows)
 
 
+def paper_row(paper: pd.DataFrame, method: str) -> pd.Series | None:
+    """The paper's figures for one of our rows: its own Table 1 row of that label, else a
+    literature row of the same name ignoring case (e.g. 'DARTS (2nd order)')."""
+    for source, key in (("paper", lambda s: s), ("literature", str.casefold)):
+        rows = paper[(paper["source"] == source) & (paper["method"].map(key) == key(method))]
+        if len(rows):
+            return rows.iloc[0]
+    return None
+
+
 def with_paper(summary: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """Join the paper's reported mean/std for each row, matched by the method label."""
-    ours = paper[paper["source"] == "paper"].set_index("method")
     out = summary.copy()
+    rows = [paper_row(paper, m) for m in out["method"]]
     for col, src in (("paper_test_error", "test_error"), ("paper_params_m", "params_m"),
                      ("paper_search_gpu_days", "search_gpu_days")):
-        out[f"{col}_mean"] = [ours[f"{src}_mean"].get(m, math.nan) for m in out["method"]]
-        out[f"{col}_std"] = [ours[f"{src}_std"].get(m, math.nan) for m in out["method"]]
+        for stat in ("mean", "std"):
+            out[f"{col}_{stat}"] = [math.nan if r is None else float(r[f"{src}_{stat}"]) for r in rows]
     return out
+
+
+def paper_dimensions(method: str) -> dict[str, str]:
+    """Activation, schedule and regularization of one of the paper's Table 1 labels ('+PR+FIMT+CRB')."""
+    parts = set(method.replace("+", " +").split())
+    return {"activation": "crb" if "+CRB" in parts else "softmax",
+            "schedule": "fimt" if "+FIMT" in parts else "constant" if "+CS10" in parts else "alternate",
+            "regularization": "pr" if "+PR" in parts else "admm" if "+ADMM" in parts else "none"}
 
 
 def fmt(mean: float, std: float, decimals: int) -> str:

@@ -86,6 +86,7 @@ class Searcher:
         self.epoch = 0
         self.step = 0
         self.seconds = 0.0
+        self._acc: dict | None = None  # accumulators of the epoch in progress
         self.history = History(ops=list(net.ops))
         self.history.record_alpha(0, 0, net.weights())
 
@@ -148,18 +149,30 @@ class Searcher:
         return loss.detach(), correct, norm
 
     # --- one epoch ------------------------------------------------------------------
-    def run_epoch(self, on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> dict:
+    def _fresh_accumulators(self) -> dict:
+        dev = next(self.net.parameters()).device
+        return {"loss_sum": torch.zeros((), device=dev), "correct": torch.zeros((), dtype=torch.long, device=dev),
+                "seen": 0, "steps": 0, "alpha_steps": 0, "seconds": 0.0,
+                "first_bad": torch.full((), -1, dtype=torch.long, device=dev)}
+
+    def run_epoch(self, on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> dict | None:
+        """Run (the rest of) the current epoch; returns its summary row.
+
+        Returns None if `should_stop()` became true between two iterations: the state is
+        then consistent mid-epoch (streams, accumulators) and `state_dict()` resumes exactly.
+        Loss sums and the first non-finite step stay on the device: no host sync per step.
+        """
+        if self._acc is None:
+            self._acc = self._fresh_accumulators()
+        acc = self._acc
         t0 = time.perf_counter()
         n_steps = self.steps_per_epoch
-        loss_sum = torch.zeros(())
-        correct_sum = torch.zeros((), dtype=torch.long)
-        seen = 0
-        alpha_steps = 0
-        for i, (x, y) in enumerate(self.train_stream.epoch_batches()):
+        for x, y in self.train_stream.epoch_batches():
             took = self.schedule.alpha_step_due()
             if took:
                 self.alpha_step((x, y))
-                alpha_steps += 1
+                acc["alpha_steps"] += 1
             loss, correct, norm = self.w_step(x, y)
             fisher = None
             if self.schedule.needs_fisher:
@@ -169,34 +182,42 @@ class Searcher:
                                          "(the last checkpoint is kept)")
             logged = self.schedule.observe(took, fisher)
             self.history.record_step(self.step, took, logged)
-            loss_sum = loss_sum + loss.to(loss_sum.device)
-            correct_sum = correct_sum + correct.to(correct_sum.device)
-            seen += y.shape[0]
+            bad = ~torch.isfinite(loss) & (acc["first_bad"] < 0)
+            acc["first_bad"] = torch.where(bad, torch.full_like(acc["first_bad"], self.step), acc["first_bad"])
+            acc["loss_sum"] += loss
+            acc["correct"] += correct
+            acc["seen"] += y.shape[0]
+            acc["steps"] += 1
             self.step += 1
             if on_step is not None:
-                on_step(i + 1, n_steps, loss)
-        self.w_sched.step()
-        self.epoch += 1
-        train_loss = loss_sum.item()
-        if not math.isfinite(train_loss):
-            raise NonFiniteError(f"non-finite training loss in epoch {self.epoch} (step {self.step}); stopping "
-                                 "(the last checkpoint is kept)")
+                on_step(acc["steps"], n_steps, loss)
+            if should_stop is not None and should_stop() and acc["steps"] < n_steps:
+                acc["seconds"] += time.perf_counter() - t0
+                self.seconds += time.perf_counter() - t0
+                return None
+        first_bad = int(acc["first_bad"])
+        if first_bad >= 0:
+            raise NonFiniteError(f"non-finite training loss at step {first_bad} (epoch {self.epoch + 1}); "
+                                 "stopping (the last checkpoint is kept)")
         for t, a in self.net.alphas().items():
             _check_finite(a.detach(), f"α ({t})", self.step)
-        seconds = time.perf_counter() - t0
-        self.seconds += seconds
+        self.w_sched.step()
+        self.epoch += 1
+        seconds = acc["seconds"] + time.perf_counter() - t0
+        self.seconds += time.perf_counter() - t0
         row = {
             "epoch": self.epoch,
-            "train_loss": train_loss / max(n_steps, 1),
-            "train_acc": correct_sum.item() / max(seen, 1),
-            "alpha_steps": alpha_steps,
-            "alpha_ratio": alpha_steps / max(n_steps, 1),
+            "train_loss": float(acc["loss_sum"]) / max(acc["steps"], 1),
+            "train_acc": int(acc["correct"]) / max(acc["seen"], 1),
+            "alpha_steps": acc["alpha_steps"],
+            "alpha_ratio": acc["alpha_steps"] / max(acc["steps"], 1),
             "w_lr": self.w_opt.param_groups[0]["lr"],
             "live_ops": {t: int(m.sum()) for t, m in self.net.live().items()},
             "seconds": seconds,
         }
         row.update(self.history.epoch_alpha_stats())
         self.history.record_epoch(row)
+        self._acc = None
         return row
 
     # --- checkpointing --------------------------------------------------------------
@@ -214,6 +235,7 @@ class Searcher:
             "epoch": self.epoch,
             "step": self.step,
             "seconds": self.seconds,
+            "epoch_acc": self._acc,
             "config": asdict(self.cfg),
         }
 
@@ -228,6 +250,9 @@ class Searcher:
         self.val_stream.load_state_dict(d["val_stream"])
         self.history.load_state_dict(d["history"])
         self.epoch, self.step, self.seconds = int(d["epoch"]), int(d["step"]), float(d["seconds"])
+        dev = next(self.net.parameters()).device
+        acc = d.get("epoch_acc")
+        self._acc = None if acc is None else {k: v.to(dev) if torch.is_tensor(v) else v for k, v in acc.items()}
 
 
 @torch.inference_mode()

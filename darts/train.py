@@ -115,6 +115,7 @@ class Retrainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs,
                                                                     eta_min=cfg.lr_min)
         self.epoch = 0  # epochs completed
+        self._acc: dict | None = None  # partial sums of an epoch stopped mid-way
 
     @property
     def done(self) -> bool:
@@ -123,11 +124,14 @@ class Retrainer:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def train_epoch(self, batches: Iterable[Batch]) -> dict[str, float]:
-        """Train one epoch; return {"epoch" (0-based index trained), "loss", "acc", "lr", "seconds"}.
+    def train_epoch(self, batches: Iterable[Batch],
+                    should_stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+        """Train (the rest of) one epoch; return {"epoch" (0-based index trained), "loss", "acc", "lr", "seconds"}.
 
         "loss" is the mean optimised objective (CE + auxiliary_weight·CE_aux, as DARTS
-        logs it); "acc" is the top-1 fraction of the main head.
+        logs it); "acc" is the top-1 fraction of the main head. If `should_stop()` turns
+        true between steps, returns None with the epoch's partial sums kept in the state,
+        so a checkpoint taken then resumes mid-epoch exactly (given the same batches).
         """
         if self.done:
             raise RuntimeError(f"all {self.cfg.epochs} epochs are already trained; nothing to resume")
@@ -136,30 +140,34 @@ class Retrainer:
         self.model.drop_path_prob = self.cfg.drop_path_prob * self.epoch / self.cfg.epochs
         lr = self.current_lr()
         self.model.train()
-        loss_sum, correct, n = self._run_epoch(batches)
-        if n == 0:
-            raise ValueError("train_epoch got no batches")
-        self.scheduler.step()
-        stats = {"epoch": self.epoch, "loss": loss_sum.item() / n, "acc": correct.item() / n, "lr": lr}
-        self.epoch += 1
-        stats["seconds"] = time.perf_counter() - start
-        return stats
-
-    def _run_epoch(self, batches: Iterable[Batch]) -> tuple[Tensor, Tensor, int]:
-        """The step loop; sums stay on the device (no host sync per step)."""
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        n, total = 0, _steps_in(batches)
-        for step, (x, y) in enumerate(batches, start=1):
+        if self._acc is None:
+            self._acc = {"loss_sum": torch.zeros((), device=self.device),
+                         "correct": torch.zeros((), device=self.device, dtype=torch.long), "n": 0, "steps": 0,
+                         "seconds": 0.0}
+        acc = self._acc
+        total = _steps_in(batches)
+        for x, y in batches:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             loss, logits = self._step(x, y)
-            loss_sum += loss.detach() * y.size(0)
-            correct += (logits.detach().argmax(1) == y).sum()
-            n += y.size(0)
+            acc["loss_sum"] += loss.detach() * y.size(0)
+            acc["correct"] += (logits.detach().argmax(1) == y).sum()
+            acc["n"] += y.size(0)
+            acc["steps"] += 1
             if self.on_step is not None:
-                self.on_step(step, total)
-        return loss_sum, correct, n
+                self.on_step(acc["steps"], total)
+            if should_stop is not None and should_stop():
+                acc["seconds"] += time.perf_counter() - start
+                return None
+        n = acc["n"]
+        if n == 0:
+            raise ValueError("train_epoch got no batches")
+        self.scheduler.step()
+        stats = {"epoch": self.epoch, "loss": acc["loss_sum"].item() / n, "acc": acc["correct"].item() / n, "lr": lr}
+        self.epoch += 1
+        stats["seconds"] = acc["seconds"] + time.perf_counter() - start
+        self._acc = None
+        return stats
 
     def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         logits, logits_aux = split_output(self.model(x))
@@ -179,6 +187,7 @@ class Retrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
+            "epoch_acc": self._acc,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -186,6 +195,8 @@ class Retrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
+        acc = state.get("epoch_acc")
+        self._acc = None if acc is None else {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in acc.items()}
 
 
 @torch.inference_mode()

@@ -23,6 +23,7 @@ def finite_difference_hvp(net, train_batch, vector: list[torch.Tensor], eps_scal
     a = net.arch_parameters()
     norm = torch.sqrt(sum((v * v).sum() for v in vector))
     eps = eps_scale / norm
+    backup = [p.detach().clone() for p in w]  # w + εv − 2εv + εv is not w in floating point
     with torch.no_grad():
         for p, v in zip(w, vector):
             p.add_(v * eps)
@@ -32,8 +33,8 @@ def finite_difference_hvp(net, train_batch, vector: list[torch.Tensor], eps_scal
             p.sub_(v * (2 * eps))
     g_neg = torch.autograd.grad(_ce(net, train_batch), a)
     with torch.no_grad():
-        for p, v in zip(w, vector):
-            p.add_(v * eps)
+        for p, b in zip(w, backup):
+            p.copy_(b)
     return [(gp - gn) / (2 * eps) for gp, gn in zip(g_pos, g_neg)]
 
 
@@ -46,7 +47,8 @@ def unrolled_alpha_grads(net, w_opt: torch.optim.SGD, train_batch, val_batch, ep
     a = net.arch_parameters()
     group = w_opt.param_groups[0]
     lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-    g_train = torch.autograd.grad(_ce(net, train_batch), w)
+    # weights of pruned (CRB) ops take no part in the forward: their gradients are zero
+    g_train = torch.autograd.grad(_ce(net, train_batch), w, allow_unused=True, materialize_grads=True)
     backup = [p.detach().clone() for p in w]
     with torch.no_grad():
         for p, g in zip(w, g_train):
@@ -56,7 +58,7 @@ def unrolled_alpha_grads(net, w_opt: torch.optim.SGD, train_batch, val_batch, ep
                 d = d + momentum * buf
             p.sub_(lr * d)
     loss_val = _ce(net, val_batch)
-    grads = torch.autograd.grad(loss_val, list(a) + list(w))
+    grads = torch.autograd.grad(loss_val, list(a) + list(w), allow_unused=True, materialize_grads=True)
     g_alpha, g_w = list(grads[: len(a)]), list(grads[len(a):])
     with torch.no_grad():
         for p, b in zip(w, backup):

@@ -26,12 +26,15 @@ def _guard(fn, *args, **kwargs):
     from darts.space import GenotypeError
 
     from .params import ParamsError
+    from .runguard import Interrupted
 
     try:
         return fn(*args, **kwargs)
     except (ParamsError, DataError, GenotypeError, ProjectionError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
+    except Interrupted:
+        raise typer.Exit(130)
     except NonFiniteError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(3)
@@ -96,6 +99,30 @@ def aggregate(params: str = PARAMS, metrics: str = typer.Option("metrics", "--me
 
     _guard(stage.run, params, metrics, out)
     typer.echo(f"wrote {out}/table1.md, table1.csv, table1.tex")
+
+
+@app.command()
+def figures(params: str = PARAMS, metrics: str = typer.Option("metrics", "--metrics"),
+            runs: str = typer.Option("runs", "--runs", help="folder with <config>/<seed>/{search,genotype,retrain}"),
+            out: str = typer.Option("reports/figures", "--out")) -> None:
+    """The paper's figures (PNG + PDF) over exactly params' configs × seeds."""
+    from . import figures as stage
+
+    written = _guard(stage.run, params, metrics, runs, out)
+    typer.echo(f"wrote {len(written)} files to {out} (see {out}/index.md)")
+
+
+@app.command("variant-figures")
+def variant_figures(search_dir: str = typer.Option("current/search", "--search"),
+                    genotype: str = typer.Option("current/genotype/genotype.json", "--genotype"),
+                    retrain_dir: str = typer.Option("current/retrain", "--retrain"),
+                    metrics: Optional[str] = typer.Option("current/metrics.json", "--metrics"),
+                    out: str = typer.Option("current/figures", "--out")) -> None:
+    """The figures of the variant run (current/): α, cells, curves, FIMT schedule, pruning."""
+    from . import figures as stage
+
+    written = _guard(stage.run_variant, search_dir, genotype, retrain_dir, out, metrics)
+    typer.echo(f"wrote {len(written)} files to {out}")
 
 
 @app.command()

@@ -46,12 +46,40 @@ def load_prepared(folder: str | Path, name: str) -> ImageSet:
     return load_imageset(path)
 
 
-def checkpoint_path(stage: str, key: str) -> Path:
-    return CHECKPOINT_ROOT / f"{stage}-{key}" / "state.pt"
+def checkpoint_path(stage: str, key: str, out_dir: str | Path) -> Path:
+    """Where a run's checkpoint lives; records which output folder owns it."""
+    folder = CHECKPOINT_ROOT / f"{stage}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "owner.txt").write_text(str(Path(out_dir).resolve()))
+    return folder / "state.pt"
 
 
 def drop_checkpoint(path: Path) -> None:
+    """Remove a finished run's checkpoint and stale ones left for the same output folder
+    by runs of an earlier configuration (their key differs, their owner does not)."""
+    owner_file = path.parent / "owner.txt"
+    owner = owner_file.read_text() if owner_file.is_file() else None
     shutil.rmtree(path.parent, ignore_errors=True)
+    if owner is None or not CHECKPOINT_ROOT.is_dir():
+        return
+    for other in CHECKPOINT_ROOT.glob(f"{path.parent.name.split('-')[0]}-*/owner.txt"):
+        if other.read_text() == owner:
+            shutil.rmtree(other.parent, ignore_errors=True)
+
+
+def fault_injection(step: int, net) -> None:
+    """Test hooks (environment variables, used by the robustness tests only):
+    DARTS_FAULT_KILL_AT_STEP=N kills this process with SIGKILL after iteration N;
+    DARTS_FAULT_NAN_AT_STEP=N writes NaN into a network weight after iteration N."""
+    kill = os.environ.get("DARTS_FAULT_KILL_AT_STEP")
+    if kill is not None and step == int(kill):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    nan = os.environ.get("DARTS_FAULT_NAN_AT_STEP")
+    if nan is not None and step == int(nan):
+        with torch.no_grad():
+            next(net.parameters()).fill_(float("nan"))
 
 
 def fresh_dir(path: str | Path) -> Path:

@@ -2,23 +2,37 @@
 
 Trains on the whole prepared training set for a fixed number of epochs; nothing is
 selected on the test set (it is not even loaded here). Resumes from its checkpoint.
-Writes `model.pt`, `retrain.json` (per-epoch curve, params) and `log.txt`.
+Writes `model.pt`, `retrain.json` (per-epoch curve, params), `epochs.tsv` (the same curve
+as TSV, declared as DVC plots for the variant chain) and `log.txt`.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 from darts import checkpoint as ckpt
 from darts.data import BatchStream
+from darts.search import NonFiniteError
 from darts.evalnet import EvalNetwork, count_params_m
 from darts.space import Genotype, GenotypeError
 from darts.train import RetrainConfig, Retrainer
 
-from .common import checkpoint_path, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
+from .common import CHECKPOINT_ROOT, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
 from .params import ParamsError, check_data, load_params, run_spec, section
 from .progress import Progress
+from .runguard import Interrupted, RunLock, StopOnSignal
+
+CURVE_COLUMNS = ("epoch", "loss", "acc", "lr")  # epochs.tsv, one row per trained epoch (1-based)
+
+
+def write_curve(rows: list[dict], path: Path) -> None:
+    lines = ["\t".join(CURVE_COLUMNS)] + ["\t".join(f"{r[c]:.6g}" for c in CURVE_COLUMNS) for r in rows]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
 
 EXTRA_KEYS = {"layers": 20, "C": 36, "auxiliary": True, "device": "auto"}
 
@@ -68,32 +82,58 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(f"retrain {spec.label} seed {spec.seed}", cfg.epochs, out_dir / "log.txt")
     trainer = Retrainer(model, cfg, on_step=lambda i, n: progress.step(i, n, None))
-    key = ckpt.run_key("retrain", spec.seed, genotype.to_dict(), cfg.to_dict(), extra, data_params)
-    state_file = checkpoint_path("retrain", key)
+    key = ckpt.run_key("retrain", spec.seed, genotype.to_dict(), cfg.to_dict(), extra, data_params,
+                       ckpt.file_digest(Path(prepared) / "train.pt"))
+    state_file = checkpoint_path("retrain", key, out_dir)
     curve: list[dict] = []
-    if state_file.is_file():
-        state = ckpt.load(state_file)
-        trainer.load_state_dict(state["trainer"])
-        stream.load_state_dict(state["stream"])
-        curve = state["curve"]
-        torch.set_rng_state(state["rng"])
-        progress.line(f"resuming from {state_file} at epoch {trainer.epoch}/{cfg.epochs}")
-    else:
-        progress.line(f"retrain {spec.label} seed {spec.seed}: {count_params_m(model):.3f}M params on "
-                      f"{device_label(device)}")
-    while not trainer.done:
-        progress.start_epoch(trainer.epoch + 1, trainer.epoch)
-        row = trainer.train_epoch(stream.epoch_batches())
-        row["epoch"] = trainer.epoch
-        curve.append(row)
-        progress.end_epoch(row, ("loss", "acc", "lr"))
+
+    def save() -> None:
         ckpt.save_atomic({"trainer": trainer.state_dict(), "stream": stream.state_dict(), "curve": curve,
-                          "rng": torch.get_rng_state()}, state_file)
+                          "rng": torch.get_rng_state(),
+                          "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}, state_file)
+
+    with RunLock(state_file.with_name("lock"), RunLock.for_dir(CHECKPOINT_ROOT, out_dir)), StopOnSignal() as stop:
+        if state_file.is_file():
+            state = ckpt.load(state_file)
+            trainer.load_state_dict(state["trainer"])
+            stream.load_state_dict(state["stream"])
+            curve = state["curve"]
+            torch.set_rng_state(state["rng"])
+            if state.get("cuda_rng") is not None and device.type == "cuda":
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            progress.line(f"resuming from {state_file} at epoch {trainer.epoch}/{cfg.epochs}")
+        else:
+            progress.line(f"retrain {spec.label} seed {spec.seed}: {count_params_m(model):.3f}M params on "
+                          f"{device_label(device)}")
+        steps = [0]
+
+        def on_step(i: int, n: int) -> None:
+            progress.step(i, n, None)
+            steps[0] += 1
+            fault_injection(steps[0], model)
+
+        trainer.on_step = on_step
+        while not trainer.done:
+            progress.start_epoch(trainer.epoch + 1, trainer.epoch)
+            row = trainer.train_epoch(stream.epoch_batches(), should_stop=stop.is_set)
+            if row is None:
+                save()
+                progress.line(f"stopped by signal {stop.signum} in epoch {trainer.epoch + 1}; checkpoint saved to "
+                              f"{state_file}; run the same command (or dvc repro) to resume")
+                raise Interrupted()
+            if not math.isfinite(row["loss"]):
+                raise NonFiniteError(f"non-finite training loss in retrain epoch {trainer.epoch}; stopping "
+                                     "(the last checkpoint is kept)")
+            row["epoch"] = trainer.epoch
+            curve.append(row)
+            progress.end_epoch(row, ("loss", "acc", "lr"))
+            save()
     ckpt.save_atomic({"state": model.state_dict(), "genotype": genotype.to_dict(), "C": extra["C"],
                       "layers": extra["layers"], "auxiliary": bool(extra["auxiliary"]),
                       "n_classes": len(train_set.classes)}, out_dir / "model.pt")
     summary = {"params_m": count_params_m(model), "device": device_label(device),
                "retrain_seconds": sum(r.get("seconds", 0.0) for r in curve), "epochs": curve}
+    write_curve(curve, out_dir / "epochs.tsv")
     ckpt.write_json_atomic(summary, out_dir / "retrain.json")
     progress.close()
     drop_checkpoint(state_file)

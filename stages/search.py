@@ -3,7 +3,8 @@
 Reads `search` and `data` params, builds the activation, schedule and regularizer the
 run names, and resumes from its checkpoint when one exists (checkpoints are keyed by a
 hash of everything that determines the run). Writes `supernet.pt` (weights, α, masks),
-`history.pt` (α at every update, schedule log, pruning events), `search.json`, `log.txt`.
+`history.pt` (α at every update, schedule log, pruning events), `search.json`, `log.txt`,
+and `epochs.tsv` (the per-epoch curve, declared as DVC plots for the variant chain).
 """
 from __future__ import annotations
 
@@ -21,9 +22,26 @@ from darts.schedules import make_schedule, train_fraction
 from darts.search import SearchConfig, Searcher, evaluate_supernet
 from darts.supernet import SearchNetwork
 
-from .common import checkpoint_path, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
+from .common import CHECKPOINT_ROOT, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
 from .params import ParamsError, RunSpec, check_data, load_params, positive, run_spec, section
 from .progress import Progress
+from .runguard import Interrupted, RunLock, StopOnSignal
+
+#: columns of epochs.tsv (one row per search epoch; empty when an epoch had no α step)
+CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "alpha_ratio", "alpha_steps", "penalty",
+                 "live_ops_normal", "live_ops_reduce", "w_lr")
+
+
+def write_curve(rows: list[dict], path: Path) -> None:
+    """The per-epoch search curve as TSV (what `dvc plots` reads)."""
+    lines = ["\t".join(CURVE_COLUMNS)]
+    for r in rows:
+        flat = {**r, **{f"live_ops_{t}": n for t, n in (r.get("live_ops") or {}).items()}}
+        lines.append("\t".join("" if flat.get(c) is None else f"{flat[c]:.6g}" for c in CURVE_COLUMNS))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
 
 #: keys of params.search that are not SearchConfig fields
 EXTRA_KEYS = {
@@ -107,21 +125,32 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = ckpt.run_key("search", asdict(spec), asdict(cfg), extra, data_params)
-    state_file = checkpoint_path("search", key)
+    key = ckpt.run_key("search", asdict(spec), asdict(cfg), extra, data_params,
+                       ckpt.file_digest(Path(prepared) / "train.pt"))
+    state_file = checkpoint_path("search", key, out_dir)
     progress = Progress(f"search {spec.label} seed {spec.seed}", cfg.epochs, out_dir / "log.txt")
-    if state_file.is_file():
-        searcher.load_state_dict(ckpt.load(state_file))
-        progress.line(f"resuming from {state_file} at epoch {searcher.epoch}/{cfg.epochs}")
-    else:
-        progress.line(f"search {spec.label} ({spec.activation}, {spec.schedule}, {spec.regularization}, "
-                      f"order {spec.order}) seed {spec.seed} on {device_label(device)}; split {split}")
-    while not searcher.done:
-        progress.start_epoch(searcher.epoch + 1, searcher.epoch)
-        row = searcher.run_epoch(on_step=progress.step)
-        progress.end_epoch(row, ("train_loss", "train_acc", "val_loss", "alpha_ratio", "penalty"))
-        if searcher.epoch % extra["checkpoint_every"] == 0 or searcher.done:
-            ckpt.save_atomic(searcher.state_dict(), state_file)
+    with RunLock(state_file.with_name("lock"), RunLock.for_dir(CHECKPOINT_ROOT, out_dir)), StopOnSignal() as stop:
+        if state_file.is_file():
+            searcher.load_state_dict(ckpt.load(state_file))
+            progress.line(f"resuming from {state_file} at epoch {searcher.epoch}/{cfg.epochs}, step {searcher.step}")
+        else:
+            progress.line(f"search {spec.label} ({spec.activation}, {spec.schedule}, {spec.regularization}, "
+                          f"order {spec.order}) seed {spec.seed} on {device_label(device)}; split {split}")
+        while not searcher.done:
+            progress.start_epoch(searcher.epoch + 1, searcher.epoch)
+            def on_step(i: int, n: int, loss) -> None:
+                progress.step(i, n, loss)
+                fault_injection(searcher.step, searcher.net)
+
+            row = searcher.run_epoch(on_step=on_step, should_stop=stop.is_set)
+            if row is None:
+                ckpt.save_atomic(searcher.state_dict(), state_file)
+                progress.line(f"stopped by signal {stop.signum} at step {searcher.step}; checkpoint saved to "
+                              f"{state_file}; run the same command (or dvc repro) to resume")
+                raise Interrupted()
+            progress.end_epoch(row, ("train_loss", "train_acc", "val_loss", "alpha_ratio", "penalty"))
+            if searcher.epoch % extra["checkpoint_every"] == 0 or searcher.done:
+                ckpt.save_atomic(searcher.state_dict(), state_file)
     final = evaluate_supernet(searcher.net, val_eval.epoch_batches())
     net = searcher.net
     ckpt.save_atomic({"state": net.state_dict(), "ops": list(net.ops), "activation": spec.activation,
@@ -142,6 +171,7 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
         **final,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    write_curve(searcher.history.epochs, out_dir / "epochs.tsv")
     ckpt.write_json_atomic(summary, out_dir / "search.json")
     progress.line(f"done in {searcher.seconds:.1f}s: val_acc {final.get('val_acc', float('nan')):.3f}, "
                   f"α steps {summary['alpha_steps']} / w steps {summary['w_steps']}")
