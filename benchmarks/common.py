@@ -11,7 +11,7 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 
 def matmul_gflops(n: int = 1024, reps: int = 8) -> float:
@@ -31,9 +31,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
+                        transposed, _output_padding, _groups, output_mask, out_shape=None) -> int:
+    """Each requested gradient of a convolution costs what its forward costs.
+
+    torch's own formula ignores ``groups`` for the weight gradient, so it counts a
+    depthwise convolution's weight gradient C times over (on the paper config that
+    would double the iteration's FLOPs); this one does not.
+    """
+    fwd = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=transposed)
+    return fwd * (int(output_mask[0]) + int(output_mask[1]))
+
+
 def count_flops(fn) -> int:
-    """FLOPs (matmul/conv, as torch's FlopCounterMode counts them) of one call of ``fn``."""
-    with FlopCounterMode(display=False) as counter:
+    """Matmul/conv FLOPs of one call of ``fn`` (run it on the meta device: no compute)."""
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return int(counter.get_total_flops())
 

@@ -18,6 +18,7 @@ from matplotlib.patches import FancyArrowPatch
 from .space import N_INPUTS, N_NODES, edges
 
 DPI = 110
+FORMATS = ("png", "pdf")  # raster for READMEs, vector for papers
 MAX_POINTS = 400  # α records drawn per line (evenly thinned; keeps files small at paper scale)
 
 #: one colour and line style per op, the same in every figure
@@ -35,22 +36,34 @@ STATE_NAMES = [r"$c_{k-2}$", r"$c_{k-1}$"] + [str(i) for i in range(N_NODES)]
 
 
 def save(fig: Figure, prefix: str | Path) -> list[Path]:
-    """Write ``prefix``.png and .pdf (deterministic: no timestamps) and return both paths."""
+    """Write ``prefix``.png and .pdf (no timestamps, so unchanged data gives identical files)."""
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    png, pdf = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".pdf")
-    fig.savefig(png, dpi=DPI, metadata={"Software": None})
-    fig.savefig(pdf, metadata={"CreationDate": None, "ModDate": None})
-    return [png, pdf]
+    meta = {"png": {"Software": None}, "pdf": {"CreationDate": None, "ModDate": None}}
+    paths = []
+    for ext in FORMATS:
+        paths.append(prefix.with_name(f"{prefix.name}.{ext}"))
+        fig.savefig(paths[-1], dpi=DPI, metadata=meta.get(ext))
+        if ext == "png":
+            _shrink_png(paths[-1])
+    return paths
+
+
+def _shrink_png(path: Path) -> None:
+    """Re-encode as a 256-colour palette PNG (about 4× smaller; median cut keeps the exact
+    line colours, no dithering), so committed example figures stay small."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def note_figure(prefix: str | Path, title: str, text: str) -> list[Path]:
     """A small figure that says why there is nothing to draw (keeps the figure set fixed)."""
-    fig = Figure(figsize=(6, 2.2), layout="constrained")
-    ax = fig.add_subplot()
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=11)
-    ax.text(0.5, 0.45, text, ha="center", va="center", fontsize=10, wrap=True, color="#444444")
+    fig = Figure(figsize=(8, 2.2))
+    fig.text(0.5, 0.85, title, ha="center", va="top", fontsize=10.5, wrap=True)
+    fig.text(0.5, 0.4, text, ha="center", va="center", fontsize=10, wrap=True, color="#444444")
     return save(fig, prefix)
 
 
@@ -98,15 +111,17 @@ def alpha_grid(alpha, steps: Sequence[int], ops: Sequence[str], prefix: str | Pa
         for k in shown:
             color, ls = OP_STYLE.get(ops[k], ("black", "-"))
             ax.plot(x, a[idx, r, k], color=color, ls=ls, lw=1.3)
-        ax.set_title(f"{STATE_NAMES[src]} → {node}", fontsize=9, pad=2)
-        ax.grid(alpha=0.25)
-        ax.tick_params(labelsize=8)
+        name = f"{STATE_NAMES[src]} → {node}"
         if r in picked:
+            color = OP_STYLE.get(picked[r], ("black",))[0]
+            ax.set_title(f"{name}: kept {picked[r]}", fontsize=8.5, pad=2, color=color, fontweight="bold")
             for spine in ax.spines.values():
                 spine.set_linewidth(2.2)
-                spine.set_color(OP_STYLE.get(picked[r], ("black",))[0])
-            ax.text(0.03, 0.95, f"kept: {picked[r]}", transform=ax.transAxes, fontsize=7.5, va="top",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+                spine.set_color(color)
+        else:
+            ax.set_title(name, fontsize=8.5, pad=2)
+        ax.grid(alpha=0.25)
+        ax.tick_params(labelsize=8)
     for node in range(N_NODES):
         grid[node][0].set_ylabel(f"node {node}\nα", fontsize=9)
         for src in range(N_INPUTS + node, n_src):
@@ -116,8 +131,9 @@ def alpha_grid(alpha, steps: Sequence[int], ops: Sequence[str], prefix: str | Pa
     grid[0][0].set_ylim(0, top * 1.05)
     handles = [grid[0][0].plot([], [], color=OP_STYLE.get(ops[k], ("black",))[0],
                                ls=OP_STYLE.get(ops[k], ("", "-"))[1], lw=2, label=ops[k])[0] for k in shown]
-    legend_ax = grid[0][n_src - 1]
-    legend_ax.legend(handles=handles, loc="upper right", fontsize=9, title="op", frameon=False, ncols=2)
+    legend = fig.legend(handles=handles, loc="upper right", bbox_to_anchor=(0.99, 0.9), fontsize=9, ncols=2,
+                        title="op (line colour and style)", frameon=False)
+    legend.set_in_layout(False)  # it sits in the empty upper-right triangle of the grid
     hidden = [op for op in hide if op in ops]
     sub = "rows: destination node, columns: source state; framed edges are kept by discretization"
     if hidden:

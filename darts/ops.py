@@ -1,19 +1,130 @@
-"""The op zoo of the DARTS CIFAR space (paper-notes "Search space").
+"""The op zoo of the DARTS CIFAR space (paper-notes "Search space"), written to be fast on CPU.
 
 Every op maps (N, C, H, W) -> (N, C, H/stride, W/stride). In the search network all ops
 are built with ``affine=False`` and pools are followed by a non-affine BatchNorm; the
 evaluation network uses affine BatchNorm and bare pools, as in DARTS.
+
+The modules (and so the state_dict keys) are those of the straightforward formulation
+(``nn.Sequential`` of ReLU, ``nn.Conv2d(groups=C)``, 1×1 ``nn.Conv2d``, BatchNorm); only
+the arithmetic is arranged differently, keeping the math identical:
+
+* depthwise convolutions go through :func:`depthwise_conv`, because oneDNN's CPU
+  backward of dilated and of 5×5 depthwise convolutions is 10–100× slower than its
+  forward (see that function);
+* on CPU, tensors are kept channels-last: oneDNN's depthwise, pooling and BatchNorm
+  kernels are several times faster in NHWC, and converting once at the cell inputs
+  (a no-op after the first cell) means no layout conversion between ops;
+* :meth:`mixed` (used by the search network) reuses what all edges leaving one state
+  share (ReLU of the input, pooled+normalised input, its dilation phases) through a
+  :class:`Shared` cache, and folds the op's α weight into the final BatchNorm's scale,
+  so the weighting costs neither a pass over the output nor a saved activation.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+CL = torch.channels_last
+
+
+def to_fast_layout(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last on CPU (a no-op when it already is); untouched elsewhere."""
+    return x.contiguous(memory_format=CL) if x.device.type == "cpu" else x
+
+
+def _phases(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (4N, C, H/2, W/2): the four pixel phases (r, c) ∈ {0,1}², stacked in batch."""
+    n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=CL):
+        y = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).permute(2, 4, 0, 1, 3, 5)
+        return y.reshape(4 * n, h // 2, w // 2, c).permute(0, 3, 1, 2)
+    y = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(3, 5, 0, 1, 2, 4)
+    return y.reshape(4 * n, c, h // 2, w // 2)
+
+
+def _unphase(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_phases`."""
+    n4, c, h, w = y.shape
+    n = n4 // 4
+    if y.is_contiguous(memory_format=CL):
+        z = y.permute(0, 2, 3, 1).reshape(2, 2, n, h, w, c).permute(2, 3, 0, 4, 1, 5)
+        return z.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    z = y.reshape(2, 2, n, c, h, w).permute(2, 3, 4, 0, 5, 1)
+    return z.reshape(n, c, 2 * h, 2 * w)
+
+
+def depthwise_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, dilation: int,
+                   phased: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv2d(x, w, stride, padding, dilation, groups=C)``, arranged so CPU backward is fast.
+
+    A dilation-2 "same" convolution (padding = k − 1) only ever combines pixels of one
+    parity phase, so it equals an undilated convolution (padding (k−1)/2) on each of
+    the four phases: at stride 2 only phase (0, 0) is read, so it is an undilated
+    convolution of ``x[:, :, ::2, ::2]``; at stride 1 the phases are stacked into the
+    batch (``phased`` may pass them in precomputed). Same products, same sums: only
+    the order of memory accesses changes. oneDNN has a fast (jit_dw) backward only for
+    undilated depthwise convolutions, so this turns 20–100 ms backward passes into ~1 ms.
+    On other devices (cuDNN handles dilation well) the plain call is used.
+    """
+    c, k = x.shape[1], w.shape[-1]
+    if x.device.type == "cpu" and dilation == 2 and padding == k - 1:
+        if stride == 2:
+            return F.conv2d(x[:, :, ::2, ::2], w, None, 1, padding // 2, 1, c)
+        if x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+            xp = _phases(x) if phased is None else phased
+            return _unphase(F.conv2d(xp, w, None, 1, padding // 2, 1, c))
+    return F.conv2d(x, w, None, stride, padding, dilation, c)
+
+
+def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``bn(x)``, optionally times ``scale`` (C,), as one BatchNorm with that scale as its weight.
+
+    ``bn`` must be non-affine when ``scale`` is given: then (x − μ)/σ · s is exactly a
+    BatchNorm with weight s, and autograd gets ds from the BatchNorm backward, which
+    needs only the BN input it saves anyway.
+    """
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+    # contiguous: torch 2.14's CPU BN backward reads a stride-0 (expanded) weight wrongly
+    # when input and grad are channels-last (grad_input comes out garbage)
+    weight, bias = (bn.weight, bn.bias) if scale is None else (scale.contiguous(), None)
+    use_batch = bn.training or not bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, use_batch, bn.momentum, bn.eps)
+
+
+class Shared:
+    """What every edge leaving one state can share, computed on first use.
+
+    ``relu`` feeds all conv ops; ``phases`` is relu(x) split into dilation phases;
+    ``pooled`` caches pool(x) and, in training mode, its BatchNorm output (a
+    non-affine BN in training normalises with batch statistics, so all edges' BNs of
+    the same pooled input produce the same output; their running statistics are kept
+    equal by copying, so the state_dict is what separate BNs would hold).
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self._cache: dict = {}
+
+    def get(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def relu(self) -> torch.Tensor:
+        return self.get("relu", lambda: F.relu(self.x))
+
+    @property
+    def phases(self) -> torch.Tensor:
+        return self.get("phases", lambda: _phases(self.relu))
 
 
 class ReLUConvBN(nn.Sequential):
-    """ReLU -> k×k conv -> BN: the cell-input preprocessing of DARTS."""
+    """ReLU -> k×k conv -> BN: the cell-input preprocessing of DARTS (switches to channels-last)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
         super().__init__(
@@ -21,6 +132,9 @@ class ReLUConvBN(nn.Sequential):
             nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return batch_norm(self[2], self[1](F.relu(to_fast_layout(x))))
 
 
 class DilConv(nn.Sequential):
@@ -36,6 +150,20 @@ class DilConv(nn.Sequential):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
+    def after_relu(self, r: torch.Tensor, scale=None, phased=None) -> torch.Tensor:
+        dw = self[1]
+        y = depthwise_conv(r, dw.weight, dw.stride[0], dw.padding[0], dw.dilation[0], phased)
+        return batch_norm(self[3], F.conv2d(y, self[2].weight), scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after_relu(F.relu(x))
+
+    def mixed(self, src: Shared, scale: torch.Tensor) -> torch.Tensor:
+        dw = self[1]
+        use_phases = dw.dilation[0] == 2 and dw.stride[0] == 1 and src.x.device.type == "cpu" \
+            and src.x.shape[-1] % 2 == 0 and src.x.shape[-2] % 2 == 0
+        return self.after_relu(src.relu, scale, src.phases if use_phases else None)
+
 
 class SepConv(nn.Sequential):
     """Two stacked DilConv(dilation=1); only the first carries the stride."""
@@ -46,10 +174,19 @@ class SepConv(nn.Sequential):
             DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
         )
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[1](self[0](x))
+
+    def mixed(self, src: Shared, scale: torch.Tensor) -> torch.Tensor:
+        return self[1].after_relu(F.relu(self[0].after_relu(src.relu)), scale)
+
 
 class Identity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def mixed(self, src: Shared, scale: torch.Tensor) -> torch.Tensor:
+        return src.x * scale.view(1, -1, 1, 1)
 
 
 class Zero(nn.Module):
@@ -77,18 +214,43 @@ class FactorizedReduce(nn.Module):
         self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
+    def after_relu(self, x: torch.Tensor, scale=None) -> torch.Tensor:
         # odd sizes: pad so both branches give ceil(H/2); DARTS only meets even sizes
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             x = nn.functional.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        y = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+        return batch_norm(self.bn, y, scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after_relu(F.relu(to_fast_layout(x)))
+
+    def mixed(self, src: Shared, scale: torch.Tensor) -> torch.Tensor:
+        return self.after_relu(src.relu, scale)
 
 
-def _pool(kind: str, c: int, stride: int, search: bool) -> nn.Module:
-    pool = (nn.MaxPool2d(3, stride=stride, padding=1) if kind == "max"
-            else nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False))
-    return nn.Sequential(pool, nn.BatchNorm2d(c, affine=False)) if search else pool
+class Pool(nn.Sequential):
+    """3×3 max or average pool (count_include_pad=False); the search variant adds a BN."""
+
+    def __init__(self, kind: str, c: int, stride: int, search: bool):
+        pool = (nn.MaxPool2d(3, stride=stride, padding=1) if kind == "max"
+                else nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False))
+        super().__init__(pool, nn.BatchNorm2d(c, affine=False)) if search else super().__init__(pool)
+        self.key = (kind, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self[0](x)
+        return batch_norm(self[1], y) if len(self) > 1 else y
+
+    def mixed(self, src: Shared, scale: torch.Tensor) -> torch.Tensor:
+        pooled = src.get(self.key, lambda: self[0](src.x))
+        bn = self[1]
+        if not (bn.training and bn.track_running_stats):
+            return batch_norm(bn, pooled, scale)
+        first_bn, out = src.get(self.key + ("bn",), lambda: (bn, batch_norm(bn, pooled)))
+        if first_bn is not bn:  # keep this BN's running statistics what its own pass would give
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                getattr(bn, name).copy_(getattr(first_bn, name))
+        return out * scale.view(1, -1, 1, 1)
 
 
 OpFactory = Callable[[int, int, bool], nn.Module]
@@ -97,8 +259,8 @@ OpFactory = Callable[[int, int, bool], nn.Module]
 #: (affine=False everywhere, BN after pools); ``False`` the evaluation-network variant.
 OPS: dict[str, OpFactory] = {
     "none": lambda c, s, search: Zero(s),
-    "max_pool_3x3": lambda c, s, search: _pool("max", c, s, search),
-    "avg_pool_3x3": lambda c, s, search: _pool("avg", c, s, search),
+    "max_pool_3x3": lambda c, s, search: Pool("max", c, s, search),
+    "avg_pool_3x3": lambda c, s, search: Pool("avg", c, s, search),
     "skip_connect": lambda c, s, search: Identity() if s == 1 else FactorizedReduce(c, c, affine=not search),
     "sep_conv_3x3": lambda c, s, search: SepConv(c, c, 3, s, 1, affine=not search),
     "sep_conv_5x5": lambda c, s, search: SepConv(c, c, 5, s, 2, affine=not search),

@@ -64,14 +64,33 @@ def paper_dimensions(method: str) -> dict[str, str]:
             "regularization": "pr" if "+PR" in parts else "admm" if "+ADMM" in parts else "none"}
 
 
+def _decimals(mean: float, decimals: int) -> int:
+    """At least ``decimals``, more when needed to show two significant digits (0.013 M, not 0.01)."""
+    if not mean or not math.isfinite(mean):
+        return decimals
+    return max(decimals, 1 - math.floor(math.log10(abs(mean))))
+
+
 def fmt(mean: float, std: float, decimals: int) -> str:
-    """'2.89 ± 0.15'; '2.89 ± —' for a single seed (std undefined); '—' when missing."""
+    """'2.89 ± 0.15'; '2.89 ± —' for a single seed (std undefined); '—' when missing.
+
+    Small means get extra decimals (a quick study's 0.013 M params, 0.0002 GPU days)."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return DASH
+    decimals = _decimals(mean, decimals)
     s = f"{mean:.{decimals}f}"
     if std is None or (isinstance(std, float) and math.isnan(std)):
         return f"{s} ± {DASH}"
     return f"{s} ± {std:.{decimals}f}"
+
+
+def fmt_reported(mean: float, std: float, decimals: int) -> str:
+    """A reported figure: '2.76 ± 0.09', or just '2.65' where the source gives no std."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return DASH
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -82,11 +101,11 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "Method": r["method"],
             "n": r["n"],
             "Test error (%)": fmt(r["test_error_mean"], r["test_error_std"], 2),
-            "Paper test error (%)": fmt(r["paper_test_error_mean"], r["paper_test_error_std"], 2),
+            "Paper test error (%)": fmt_reported(r["paper_test_error_mean"], r["paper_test_error_std"], 2),
             "Params (M)": fmt(r["params_m_mean"], r["params_m_std"], 2),
-            "Paper params (M)": fmt(r["paper_params_m_mean"], r["paper_params_m_std"], 2),
+            "Paper params (M)": fmt_reported(r["paper_params_m_mean"], r["paper_params_m_std"], 2),
             "Search (GPU days)": fmt(r["search_gpu_days_mean"], r["search_gpu_days_std"], 4),
-            "Paper search (GPU days)": fmt(r["paper_search_gpu_days_mean"], r["paper_search_gpu_days_std"], 1),
+            "Paper search (GPU days)": fmt_reported(r["paper_search_gpu_days_mean"], r["paper_search_gpu_days_std"], 1),
             "Search (wall h)": fmt(r["search_hours_mean"], r["search_hours_std"], 3),
             "Device": r["device"],
         })
@@ -98,17 +117,29 @@ def literature_table(paper: pd.DataFrame) -> pd.DataFrame:
     lit = paper[paper["source"] == "literature"]
     return pd.DataFrame({
         "Method": lit["method"],
-        "Test error (%)": [fmt(m, s, 2) for m, s in zip(lit["test_error_mean"], lit["test_error_std"])],
-        "Params (M)": [fmt(m, s, 2) if not math.isnan(m) else DASH for m, s in zip(lit["params_m_mean"], lit["params_m_std"])],
+        "Test error (%)": [fmt_reported(m, s, 2) for m, s in zip(lit["test_error_mean"], lit["test_error_std"])],
+        "Params (M)": [fmt_reported(m, s, 2) for m, s in zip(lit["params_m_mean"], lit["params_m_std"])],
         "Search (GPU days)": [f"{m:g}" for m in lit["search_gpu_days_mean"]],
         "Note": lit["note"].fillna(""),
     })
 
 
+def literature_rows(paper: pd.DataFrame) -> pd.DataFrame:
+    """The literature block in the numeric table's columns, marked source="reported"."""
+    lit = paper[paper["source"] == "literature"]
+    cols = ["test_error_mean", "test_error_std", "params_m_mean", "params_m_std", "search_gpu_days_mean"]
+    out = lit[["method"] + cols].copy().reset_index(drop=True)
+    out.insert(0, "config", "")
+    out["source"] = "reported"
+    out["note"] = lit["note"].fillna("").to_numpy()
+    return out
+
+
 def to_latex(display: pd.DataFrame, literature: pd.DataFrame) -> str:
     """A booktabs tabular a user can paste into a paper (literature rows marked as reported)."""
     esc = lambda s: str(s).replace("%", r"\%").replace("±", r"$\pm$").replace("—", "--").replace("_", r"\_")
-    lines = [r"\begin{tabular}{lccc}", r"\toprule",
+    lines = [r"% Table 1 (needs \usepackage{booktabs}); ours: mean $\pm$ sample std over seeds.",
+             r"\begin{tabular}{lccc}", r"\toprule",
              r"Method & Test Error (\%) & Params (M) & Search Cost (GPU days) \\", r"\midrule"]
     for _, r in literature.iterrows():
         lines.append(f"{esc(r['Method'])}$^\\dagger$ & {esc(r['Test error (%)'])} & {esc(r['Params (M)'])} & "

@@ -11,23 +11,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ops import FactorizedReduce, ReLUConvBN, build_op
+from .ops import FactorizedReduce, ReLUConvBN, Shared, batch_norm, build_op, to_fast_layout
 from .space import N_INPUTS, N_NODES, edges
 
 CELL_TYPES = ("normal", "reduce")
 
 
 class MixedEdge(nn.Module):
-    """All candidate ops of one edge; output = Σ_k w_k · op_k(x) over live ops."""
+    """All candidate ops of one edge; output = Σ_k w_k · op_k(x) over live ops.
+
+    Each op computes its weighted output itself (``op.mixed``): the weight is folded
+    into the op's last BatchNorm, and what the ops of all edges leaving the same state
+    share (ReLU of the input, pooling) comes from the state's ``Shared`` cache.
+    """
 
     def __init__(self, ops: tuple[str, ...], channels: int, stride: int):
         super().__init__()
         self.ops = nn.ModuleList(build_op(name, channels, stride, search=True) for name in ops)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, live_idx: list[int]) -> torch.Tensor | None:
+    def forward(self, src: Shared, scales: list[torch.Tensor], live_idx: list[int]) -> torch.Tensor | None:
         out = None
         for k in live_idx:
-            y = self.ops[k](x) * w[k]
+            y = self.ops[k].mixed(src, scales[k])
             out = y if out is None else out + y
         return out
 
@@ -37,6 +42,7 @@ class SearchCell(nn.Module):
                  reduction_prev: bool, node_norm: bool):
         super().__init__()
         self.reduction = reduction
+        self.channels = c
         self.pre0 = FactorizedReduce(c_pp, c, affine=False) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0, affine=False)
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList(
@@ -46,23 +52,27 @@ class SearchCell(nn.Module):
         self.node_bn = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for _ in range(N_NODES)) if node_norm else None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor, live_idx: list[list[int]]) -> torch.Tensor:
-        states = [self.pre0(s0), self.pre1(s1)]
+        states = [Shared(self.pre0(s0)), Shared(self.pre1(s1))]
+        n_edges, n_ops = w.shape
+        # one (C,) scale per (edge, op), made by three autograd nodes instead of E·K indexings
+        scales = w.reshape(n_edges * n_ops, 1).expand(n_edges * n_ops, self.channels).contiguous().unbind(0)
         row = 0
         for i in range(N_NODES):
             total = None
             for j in range(N_INPUTS + i):
-                y = self.edges[row](states[j], w[row], live_idx[row])
+                y = self.edges[row](states[j], scales[row * n_ops:(row + 1) * n_ops], live_idx[row])
                 row += 1
                 if y is not None:
                     total = y if total is None else total + y
             if total is None:  # every op into this node is `none`/pruned: the node outputs zeros
-                ref = states[1]
+                ref = states[1].x
                 stride = 2 if self.reduction else 1
-                total = ref.new_zeros(ref.shape[0], ref.shape[1], ref.shape[2] // stride, ref.shape[3] // stride)
+                total = to_fast_layout(ref.new_zeros(ref.shape[0], ref.shape[1], ref.shape[2] // stride,
+                                                     ref.shape[3] // stride))
             if self.node_bn is not None:
-                total = self.node_bn[i](total)
-            states.append(total)
-        return torch.cat(states[N_INPUTS:], dim=1)
+                total = batch_norm(self.node_bn[i], total)
+            states.append(Shared(total))
+        return torch.cat([s.x for s in states[N_INPUTS:]], dim=1)
 
 
 class SearchNetwork(nn.Module):

@@ -2,7 +2,8 @@
 
 Reads `metrics/<config>/<seed>.json` for every config and seed in params.yaml (never a
 glob, so stale files of removed configs or seeds are not counted) and the paper's
-figures from `data/table1-paper.csv`.
+figures from `data/table1-paper.csv`. table1.csv holds our rows (source "this study") and
+then the literature's (source "reported").
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def run(params_path: str, metrics_dir: str, out: str, paper_csv: str | Path = PA
     literature = report.literature_table(paper)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "table1.csv", index=False, float_format="%.6g")
+    csv = pd.concat([table.assign(source="this study"), report.literature_rows(paper)], ignore_index=True)
+    csv = csv[["source"] + [c for c in csv.columns if c != "source"]]
+    csv.to_csv(out_dir / "table1.csv", index=False, float_format="%.6g")
     runs.to_csv(out_dir / "runs.csv", index=False, float_format="%.6g")
     md = ["# Table 1", "",
           "Ours: mean ± sample std over seeds (n); 'Paper' columns: the figures the paper reports "

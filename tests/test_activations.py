@@ -207,10 +207,22 @@ def _batch(n=4, hw=8, seed=0):
     return torch.randn(n, 3, hw, hw, generator=g), torch.randint(0, 5, (n,), generator=g)
 
 
-def _count_calls(modules):
+def count_calls(modules: dict) -> Counter:
+    """Count every execution of each module, however the network invokes it: the module call
+    (forward) or an op's fused search path (``mixed``, where the op has one)."""
     counts = Counter()
-    handles = [m.register_forward_hook(lambda mod, i, o, key=key: counts.update([key])) for key, m in modules.items()]
-    return counts, handles
+    for key, m in modules.items():
+        for name in ("forward", "mixed"):
+            orig = getattr(m, name, None)
+            if orig is None:
+                continue
+
+            def wrapped(*args, _orig=orig, _key=key, **kw):
+                counts[_key] += 1
+                return _orig(*args, **kw)
+
+            object.__setattr__(m, name, wrapped)
+    return counts
 
 
 def test_pruned_op_gets_no_gradient_and_is_not_executed():
@@ -226,12 +238,10 @@ def test_pruned_op_gets_no_gradient_and_is_not_executed():
     pruned = {"n": net.cells[0].edges[0].ops[SEP3], "r1": net.cells[1].edges[5].ops[DIL5],
               "r2": net.cells[2].edges[5].ops[DIL5]}
     control = {"cn": net.cells[0].edges[0].ops[SEP5], "cr": net.cells[1].edges[5].ops[DIL3]}
-    counts, handles = _count_calls({**pruned, **control})
+    counts = count_calls({**pruned, **control})
     x, y = _batch()
     F.cross_entropy(net(x), y).backward()
-    for h in handles:
-        h.remove()
-    assert counts["cn"] == 1 and counts["cr"] == 1  # hooks do fire
+    assert counts["cn"] >= 1 and counts["cr"] >= 1  # the counters do see executions
     assert counts["n"] == counts["r1"] == counts["r2"] == 0
     assert net.alpha_normal.grad[0, SEP3] == 0.0 and net.alpha_reduce.grad[5, DIL5] == 0.0
     assert (net.alpha_normal.grad != 0).sum() == 98 - 1
@@ -250,13 +260,11 @@ def test_none_op_never_executed_with_softmax():
     net = _tiny(Softmax())
     zeros = {f"{c}.{e}": cell.edges[e].ops[0] for c, cell in enumerate(net.cells) for e in range(N_EDGES)}
     others = {f"{c}.{e}.skip": cell.edges[e].ops[3] for c, cell in enumerate(net.cells) for e in range(N_EDGES)}
-    counts, handles = _count_calls({**zeros, **others})
+    counts = count_calls({**zeros, **others})
     x, y = _batch()
     F.cross_entropy(net(x), y).backward()
-    for h in handles:
-        h.remove()
     assert sum(counts[k] for k in zeros) == 0
-    assert all(counts[k] == 1 for k in others)
+    assert all(counts[k] >= 1 for k in others)
     # none gets no α gradient through an op output, only through the softmax normalisation
     assert net.alpha_normal.grad[:, 0].abs().sum() > 0
 

@@ -14,6 +14,24 @@ from darts.space import N_EDGES
 from darts.supernet import SearchNetwork, reduction_layers
 
 
+def count_calls(modules: dict) -> Counter:
+    """Count every execution of each module, however the network invokes it: the module call
+    (forward) or an op's fused search path (``mixed``, where the op has one)."""
+    counts = Counter()
+    for key, m in modules.items():
+        for name in ("forward", "mixed"):
+            orig = getattr(m, name, None)
+            if orig is None:
+                continue
+
+            def wrapped(*args, _orig=orig, _key=key, **kw):
+                counts[_key] += 1
+                return _orig(*args, **kw)
+
+            object.__setattr__(m, name, wrapped)
+    return counts
+
+
 def tiny(activation, layers=3, seed=0, C=4):
     torch.manual_seed(seed)
     return SearchNetwork(activation, C=C, n_classes=5, layers=layers, generator=torch.Generator().manual_seed(seed))
@@ -97,15 +115,12 @@ def test_none_op_never_executed():
     net = tiny(Softmax(), layers=5)
     zeros = [m for m in net.modules() if isinstance(m, Zero)]
     assert len(zeros) == 5 * N_EDGES
-    calls = Counter()
-    hooks = [m.register_forward_hook(lambda *a: calls.update(["zero"])) for m in zeros]
-    pools = [cell.edges[0].ops[1] for cell in net.cells]
-    hooks += [m.register_forward_hook(lambda *a: calls.update(["pool"])) for m in pools]
+    calls = count_calls({**{f"zero{i}": m for i, m in enumerate(zeros)},
+                         **{f"pool{i}": cell.edges[0].ops[1] for i, cell in enumerate(net.cells)}})
     x, y = batch(n=2, hw=16)
     F.cross_entropy(net(x), y).backward()
-    for h in hooks:
-        h.remove()
-    assert calls["pool"] == 5 and calls["zero"] == 0
+    assert all(calls[f"pool{i}"] >= 1 for i in range(5))
+    assert sum(calls[f"zero{i}"] for i in range(len(zeros))) == 0
     assert all(0 not in row for row in net._live_idx["normal"] + net._live_idx["reduce"])
     assert net._live_idx["normal"][0] == list(range(1, 8))
 
@@ -136,14 +151,11 @@ def test_state_dict_round_trip_restores_prune_state():
         assert torch.equal(b.alphas()[t], a.alphas()[t])
     assert b._live_idx == a._live_idx
     # the loaded net skips the pruned ops (not merely multiplies them by 0)
-    calls = Counter()
-    targets = {"n": b.cells[0].edges[0].ops[3], "r": b.cells[1].edges[13].ops[6], "ok": b.cells[0].edges[0].ops[4]}
-    hooks = [m.register_forward_hook(lambda *x, k=k: calls.update([k])) for k, m in targets.items()]
+    calls = count_calls({"n": b.cells[0].edges[0].ops[3], "r": b.cells[1].edges[13].ops[6],
+                         "ok": b.cells[0].edges[0].ops[4]})
     x, _ = batch()
     out_b = b(x)
-    for h in hooks:
-        h.remove()
-    assert calls["ok"] == 1 and calls["n"] == 0 and calls["r"] == 0
+    assert calls["ok"] >= 1 and calls["n"] == 0 and calls["r"] == 0
     assert torch.equal(out_b, a(x))
     # pruning state continues identically: another prune step gives the same masks on both nets
     for net in (a, b):
