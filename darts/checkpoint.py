@@ -42,13 +42,14 @@ def run_key(*parts) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def save_atomic(obj, path: str | Path) -> None:
+def _write_atomic(path: str | Path, mode: str, write) -> None:
+    """Write through a temp file in the same folder, fsync it, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -57,19 +58,13 @@ def save_atomic(obj, path: str | Path) -> None:
         raise
 
 
+def save_atomic(obj, path: str | Path) -> None:
+    _write_atomic(path, "wb", lambda f: torch.save(obj, f))
+
+
 def load(path: str | Path):
     return torch.load(Path(path), map_location="cpu", weights_only=False)
 
 
 def write_json_atomic(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomic(path, "w", lambda f: f.write(json.dumps(obj, indent=2) + "\n"))

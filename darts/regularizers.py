@@ -18,6 +18,8 @@ def _l2(x: torch.Tensor) -> torch.Tensor:
 
 
 class NoRegularizer:
+    """No penalty; also the base of stateless regularizers."""
+
     name = "none"
 
     def penalty(self, net, progress: float) -> torch.Tensor | None:
@@ -33,7 +35,7 @@ class NoRegularizer:
         pass
 
 
-class Proximity:
+class Proximity(NoRegularizer):
     """PR, eq. 6: c·(ρp/2)·‖act(α) − Π_S(act(α))‖₂, c = fraction of the search done."""
 
     name = "pr"
@@ -48,15 +50,6 @@ class Proximity:
             target = project(w.detach(), net.live()[t], net.ops)
             total = total + _l2(w - target)
         return c * self.rho / 2.0 * total
-
-    def after_alpha_step(self, net) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, d: dict) -> None:
-        pass
 
 
 class ADMM:
