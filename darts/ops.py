@@ -79,6 +79,55 @@ def depthwise_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, 
     return F.conv2d(x, w, None, stride, padding, dilation, c)
 
 
+class _RowBatchNorm(torch.autograd.Function):
+    """Training-mode BatchNorm of a channels-last tensor seen as an (N·H·W, C) matrix.
+
+    torch's CPU channels-last BatchNorm kernels are 3–5× slower than this for C ≤ 8
+    or large N·H·W (e.g. 600 µs vs 150 µs forward at 32×8×32×32): they vectorise over
+    the few channels of a row. Column sums (``sum(0)``) and broadcast multiplies are
+    fast, so this computes the same two-pass statistics from them: μ = Σx/M,
+    σ² = Σ(x−μ)²/M, y = (x−μ)·(w/σ). It saves x − μ (x itself is then free).
+    Running statistics are updated in place exactly as ``F.batch_norm`` does.
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, running_mean, running_var, momentum: float, eps: float):
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+        m = rows.shape[0]
+        mean = rows.sum(0).div_(m)
+        xc = rows - mean
+        var = xc.square().sum(0).div_(m)
+        invstd = var.add(eps).rsqrt_()
+        a = invstd if scale is None else invstd * scale
+        if running_mean is not None:
+            running_mean.lerp_(mean, momentum)
+            running_var.lerp_(var * (m / max(m - 1, 1)), momentum)
+        ctx.save_for_backward(xc, invstd, scale)
+        return (xc * a).view(n, h, w, c).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xc, invstd, scale = ctx.saved_tensors
+        n, c, h, w = grad.shape
+        g = grad.permute(0, 2, 3, 1).reshape(-1, c)
+        m = g.shape[0]
+        sum_g = g.sum(0)
+        sum_gx = (g * xc).sum(0).mul_(invstd)  # Σ g·x̂
+        a = invstd if scale is None else invstd * scale
+        k1 = -(a * invstd * sum_gx) / m
+        gx = torch.addcmul(-(a * sum_g) / m, g, a).addcmul_(xc, k1)
+        g_scale = sum_gx if ctx.needs_input_grad[1] else None
+        return gx.view(n, h, w, c).permute(0, 3, 1, 2), g_scale, None, None, None, None
+
+
+def _use_row_bn(x: torch.Tensor) -> bool:
+    """Where _RowBatchNorm measured faster than torch's kernel (CPU, channels-last)."""
+    n, c, h, w = x.shape
+    return (x.device.type == "cpu" and (c < 16 or n * h * w >= 32768)
+            and x.is_contiguous(memory_format=CL) and n * h * w > 1)
+
+
 def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """``bn(x)``, optionally times ``scale`` (C,), as one BatchNorm with that scale as its weight.
 
@@ -92,6 +141,8 @@ def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None =
     # when input and grad are channels-last (grad_input comes out garbage)
     weight, bias = (bn.weight, bn.bias) if scale is None else (scale.contiguous(), None)
     use_batch = bn.training or not bn.track_running_stats
+    if use_batch and bias is None and _use_row_bn(x):
+        return _RowBatchNorm.apply(x, weight, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
     return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, use_batch, bn.momentum, bn.eps)
 
 
