@@ -56,27 +56,52 @@ def _unphase(y: torch.Tensor) -> torch.Tensor:
     return z.reshape(n, c, 2 * h, 2 * w)
 
 
+def _dilation_plan(x: torch.Tensor, k: int, stride: int, padding: int, dilation: int) -> str | None:
+    """How :func:`depthwise_conv` rearranges a dilation-2 "same" convolution, if it does."""
+    if x.device.type != "cpu" or dilation != 2 or padding != k - 1:
+        return None
+    if stride == 2:
+        return "even"
+    return "phases" if x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0 else None
+
+
+def dilation_input(x: torch.Tensor, plan: str) -> torch.Tensor:
+    """The rearranged input for ``plan`` (shareable by every conv reading the same x)."""
+    if plan == "even":
+        return x[:, :, ::2, ::2].contiguous(memory_format=CL if x.is_contiguous(memory_format=CL)
+                                            else torch.contiguous_format)
+    return _phases(x)
+
+
 def depthwise_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, dilation: int,
-                   phased: torch.Tensor | None = None) -> torch.Tensor:
+                   prepared: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(x, w, stride, padding, dilation, groups=C)``, arranged so CPU backward is fast.
 
     A dilation-2 "same" convolution (padding = k − 1) only ever combines pixels of one
     parity phase, so it equals an undilated convolution (padding (k−1)/2) on each of
     the four phases: at stride 2 only phase (0, 0) is read, so it is an undilated
     convolution of ``x[:, :, ::2, ::2]``; at stride 1 the phases are stacked into the
-    batch (``phased`` may pass them in precomputed). Same products, same sums: only
-    the order of memory accesses changes. oneDNN has a fast (jit_dw) backward only for
-    undilated depthwise convolutions, so this turns 20–100 ms backward passes into ~1 ms.
-    On other devices (cuDNN handles dilation well) the plain call is used.
+    batch. Same products, same sums: only the order of memory accesses changes.
+    oneDNN has a fast (jit_dw) backward only for undilated depthwise convolutions, so
+    this turns 20–100 ms backward passes into ~1 ms. ``prepared`` may pass
+    ``dilation_input(x, plan)`` in, computed once for all convs reading x. On other
+    devices (cuDNN handles dilation well) the plain call is used.
     """
     c, k = x.shape[1], w.shape[-1]
-    if x.device.type == "cpu" and dilation == 2 and padding == k - 1:
-        if stride == 2:
-            return F.conv2d(x[:, :, ::2, ::2], w, None, 1, padding // 2, 1, c)
-        if x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
-            xp = _phases(x) if phased is None else phased
-            return _unphase(F.conv2d(xp, w, None, 1, padding // 2, 1, c))
-    return F.conv2d(x, w, None, stride, padding, dilation, c)
+    plan = _dilation_plan(x, k, stride, padding, dilation)
+    if plan is None:
+        return F.conv2d(x, w, None, stride, padding, dilation, c)
+    xi = dilation_input(x, plan) if prepared is None else prepared
+    y = F.conv2d(xi, w, None, 1, padding // 2, 1, c)
+    return y if plan == "even" else _unphase(y)
+
+
+def accumulate(acc: torch.Tensor | None, y: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """acc + y·scale (scale (C,) broadcast over channels), one pass where possible."""
+    if scale is None:
+        return y if acc is None else acc + y
+    s = scale.view(1, -1, 1, 1)
+    return y * s if acc is None else torch.addcmul(acc, y, s)
 
 
 class _RowBatchNorm(torch.autograd.Function):
@@ -86,8 +111,10 @@ class _RowBatchNorm(torch.autograd.Function):
     or large N·H·W (e.g. 600 µs vs 150 µs forward at 32×8×32×32): they vectorise over
     the few channels of a row. Column sums (``sum(0)``) and broadcast multiplies are
     fast, so this computes the same two-pass statistics from them: μ = Σx/M,
-    σ² = Σ(x−μ)²/M, y = (x−μ)·(w/σ). It saves x − μ (x itself is then free).
-    Running statistics are updated in place exactly as ``F.batch_norm`` does.
+    σ² = Σ(x−μ)²/M, y = (x−μ)·(w/σ). Running statistics are updated in place exactly
+    as ``F.batch_norm`` does. Under ``create_graph=True`` (the exact second-order
+    gradients of tests/test_unrolled.py) the backward differentiates torch's own
+    BatchNorm instead, so double backward stays exact.
     """
 
     @staticmethod
@@ -103,14 +130,21 @@ class _RowBatchNorm(torch.autograd.Function):
         if running_mean is not None:
             running_mean.lerp_(mean, momentum)
             running_var.lerp_(var * (m / max(m - 1, 1)), momentum)
-        ctx.save_for_backward(xc, invstd, scale)
+        ctx.save_for_backward(x, mean, invstd, scale)
+        ctx.eps = eps
         return (xc * a).view(n, h, w, c).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
-        xc, invstd, scale = ctx.saved_tensors
+        x, mean, invstd, scale = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: go through torch's differentiable BN
+            inputs = [x] + ([scale] if ctx.needs_input_grad[1] else [])
+            y = F.batch_norm(x, None, None, scale, None, True, 0.0, ctx.eps)
+            grads = torch.autograd.grad(y, inputs, grad, create_graph=True)
+            return grads[0], (grads[1] if len(grads) > 1 else None), None, None, None, None
         n, c, h, w = grad.shape
         g = grad.permute(0, 2, 3, 1).reshape(-1, c)
+        xc = x.permute(0, 2, 3, 1).reshape(-1, c) - mean
         m = g.shape[0]
         sum_g = g.sum(0)
         sum_gx = (g * xc).sum(0).mul_(invstd)  # Σ g·x̂
@@ -149,7 +183,8 @@ def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None =
 class Shared:
     """What every edge leaving one state can share, computed on first use.
 
-    ``relu`` feeds all conv ops; ``phases`` is relu(x) split into dilation phases;
+    ``relu`` feeds all conv ops; ``dilation_input`` is relu(x) rearranged for dilated
+    convolutions (see :func:`depthwise_conv`);
     ``pooled`` caches pool(x) and, in training mode, its BatchNorm output (a
     non-affine BN in training normalises with batch statistics, so all edges' BNs of
     the same pooled input produce the same output; their running statistics are kept
@@ -169,9 +204,8 @@ class Shared:
     def relu(self) -> torch.Tensor:
         return self.get("relu", lambda: F.relu(self.x))
 
-    @property
-    def phases(self) -> torch.Tensor:
-        return self.get("phases", lambda: _phases(self.relu))
+    def dilation_input(self, plan: str) -> torch.Tensor:
+        return self.get(("dilation", plan), lambda: dilation_input(self.relu, plan))
 
 
 class ReLUConvBN(nn.Sequential):
@@ -201,19 +235,19 @@ class DilConv(nn.Sequential):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
-    def after_relu(self, r: torch.Tensor, scale=None, phased=None) -> torch.Tensor:
+    def after_relu(self, r: torch.Tensor, scale=None, prepared=None) -> torch.Tensor:
         dw = self[1]
-        y = depthwise_conv(r, dw.weight, dw.stride[0], dw.padding[0], dw.dilation[0], phased)
+        y = depthwise_conv(r, dw.weight, dw.stride[0], dw.padding[0], dw.dilation[0], prepared)
         return batch_norm(self[3], F.conv2d(y, self[2].weight), scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.after_relu(F.relu(x))
 
-    def mixed(self, src: Shared, scale: torch.Tensor) -> torch.Tensor:
+    def mixed(self, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
         dw = self[1]
-        use_phases = dw.dilation[0] == 2 and dw.stride[0] == 1 and src.x.device.type == "cpu" \
-            and src.x.shape[-1] % 2 == 0 and src.x.shape[-2] % 2 == 0
-        return self.after_relu(src.relu, scale, src.phases if use_phases else None)
+        plan = _dilation_plan(src.x, dw.kernel_size[0], dw.stride[0], dw.padding[0], dw.dilation[0])
+        y = self.after_relu(src.relu, scale, None if plan is None else src.dilation_input(plan))
+        return accumulate(acc, y)
 
 
 class SepConv(nn.Sequential):
@@ -228,16 +262,16 @@ class SepConv(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self[1](self[0](x))
 
-    def mixed(self, src: Shared, scale: torch.Tensor) -> torch.Tensor:
-        return self[1].after_relu(F.relu(self[0].after_relu(src.relu)), scale)
+    def mixed(self, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+        return accumulate(acc, self[1].after_relu(F.relu(self[0].after_relu(src.relu)), scale))
 
 
 class Identity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def mixed(self, src: Shared, scale: torch.Tensor) -> torch.Tensor:
-        return src.x * scale.view(1, -1, 1, 1)
+    def mixed(self, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+        return accumulate(acc, src.x, scale)
 
 
 class Zero(nn.Module):
@@ -275,8 +309,8 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.after_relu(F.relu(to_fast_layout(x)))
 
-    def mixed(self, src: Shared, scale: torch.Tensor) -> torch.Tensor:
-        return self.after_relu(src.relu, scale)
+    def mixed(self, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+        return accumulate(acc, self.after_relu(src.relu, scale))
 
 
 class Pool(nn.Sequential):
@@ -292,16 +326,16 @@ class Pool(nn.Sequential):
         y = self[0](x)
         return batch_norm(self[1], y) if len(self) > 1 else y
 
-    def mixed(self, src: Shared, scale: torch.Tensor) -> torch.Tensor:
+    def mixed(self, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
         pooled = src.get(self.key, lambda: self[0](src.x))
         bn = self[1]
         if not (bn.training and bn.track_running_stats):
-            return batch_norm(bn, pooled, scale)
+            return accumulate(acc, batch_norm(bn, pooled, scale))
         first_bn, out = src.get(self.key + ("bn",), lambda: (bn, batch_norm(bn, pooled)))
         if first_bn is not bn:  # keep this BN's running statistics what its own pass would give
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 getattr(bn, name).copy_(getattr(first_bn, name))
-        return out * scale.view(1, -1, 1, 1)
+        return accumulate(acc, out, scale)
 
 
 OpFactory = Callable[[int, int, bool], nn.Module]

@@ -29,12 +29,12 @@ class MixedEdge(nn.Module):
         super().__init__()
         self.ops = nn.ModuleList(build_op(name, channels, stride, search=True) for name in ops)
 
-    def forward(self, src: Shared, scales: list[torch.Tensor], live_idx: list[int]) -> torch.Tensor | None:
-        out = None
+    def forward(self, src: Shared, scales: list[torch.Tensor], live_idx: list[int],
+                acc: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``acc`` + this edge's output (``acc`` is the node's sum so far; None: start one)."""
         for k in live_idx:
-            y = self.ops[k].mixed(src, scales[k])
-            out = y if out is None else out + y
-        return out
+            acc = self.ops[k].mixed(src, scales[k], acc)
+        return acc
 
 
 class SearchCell(nn.Module):
@@ -60,10 +60,8 @@ class SearchCell(nn.Module):
         for i in range(N_NODES):
             total = None
             for j in range(N_INPUTS + i):
-                y = self.edges[row](states[j], scales[row * n_ops:(row + 1) * n_ops], live_idx[row])
+                total = self.edges[row](states[j], scales[row * n_ops:(row + 1) * n_ops], live_idx[row], total)
                 row += 1
-                if y is not None:
-                    total = y if total is None else total + y
             if total is None:  # every op into this node is `none`/pruned: the node outputs zeros
                 ref = states[1].x
                 stride = 2 if self.reduction else 1

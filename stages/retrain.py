@@ -19,7 +19,7 @@ from darts.evalnet import EvalNetwork, count_params_m
 from darts.space import Genotype, GenotypeError
 from darts.train import RetrainConfig, Retrainer
 
-from .common import CHECKPOINT_ROOT, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
+from .common import set_threads, CHECKPOINT_ROOT, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
 from .params import ParamsError, check_data, load_params, run_spec, section
 from .progress import Progress
 from .runguard import Interrupted, RunLock, StopOnSignal
@@ -34,7 +34,7 @@ def write_curve(rows: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-EXTRA_KEYS = {"layers": 20, "C": 36, "auxiliary": True, "device": "auto"}
+EXTRA_KEYS = {"layers": 20, "C": 36, "auxiliary": True, "device": "auto", "threads": 0}
 
 
 def retrain_settings(params: dict) -> tuple[RetrainConfig, dict]:
@@ -71,6 +71,7 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
     cfg, extra = retrain_settings(params)
     data_params = check_data(section(params, "data"))
     genotype = load_genotype(genotype_path)
+    set_threads(extra["threads"])
     device = pick_device(str(extra["device"]))
     train_set = load_prepared(prepared, "train")
 

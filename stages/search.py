@@ -22,7 +22,7 @@ from darts.schedules import make_schedule, train_fraction
 from darts.search import SearchConfig, Searcher, evaluate_supernet
 from darts.supernet import SearchNetwork
 
-from .common import CHECKPOINT_ROOT, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
+from .common import set_threads, CHECKPOINT_ROOT, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
 from .params import ParamsError, RunSpec, check_data, load_params, positive, run_spec, section
 from .progress import Progress
 from .runguard import Interrupted, RunLock, StopOnSignal
@@ -47,7 +47,7 @@ def write_curve(rows: list[dict], path: Path) -> None:
 EXTRA_KEYS = {
     "layers": 8, "C": 16, "k": 10, "fimt_lambda": 0.2, "fimt_m": 1.05, "fimt_threshold": 1.0,
     "pr_rho": 0.1, "admm_rho": 0.1, "admm_n": 10, "admm_discount": 0.8, "crb_alpha_weight_decay": 0.0,
-    "crb_init_noise": 1e-4, "softmax_init_scale": 1e-3, "device": "auto", "checkpoint_every": 1,
+    "crb_init_noise": 1e-4, "softmax_init_scale": 1e-3, "device": "auto", "threads": 0, "checkpoint_every": 1,
 }
 
 
@@ -119,6 +119,7 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
     spec = run_spec(params, config, seed)
     cfg, extra = search_settings(params, spec)
     data_params = check_data(section(params, "data"))
+    set_threads(extra["threads"])
     device = pick_device(str(extra["device"]))
     train_set = load_prepared(prepared, "train")
     searcher, split, val_eval = build(spec, cfg, extra, train_set, device, int(data_params.get("seed", 0)))

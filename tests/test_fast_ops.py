@@ -1,0 +1,162 @@
+"""The fast op formulation computes the same function as the straightforward one.
+
+darts/ops.py rearranges the arithmetic for CPU speed (dilated depthwise convolutions on
+pixel phases, a row-wise BatchNorm, channels-last, shared ReLU/pooling per source
+state, α folded into the last BatchNorm). These tests pin it to the plain formulation
+in benchmarks/reference.py: nn.Conv2d(groups=C), nn.BatchNorm2d, one module per op.
+
+Float32 comparisons use 1e-5 relative to the largest entry. Whole-network gradients
+are compared in float64: a network of ReLUs and max-pools is only piecewise smooth,
+and in float32 a pre-activation within rounding of 0 (a handful among millions) flips
+a ReLU in one formulation and not the other; that changes a few gradient entries by
+O(1) while both are "right". In float64 the formulations agree to ~1e-13.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder, not an installed package
+
+from benchmarks import reference as ref  # noqa: E402
+from benchmarks.search_bench import prune_half  # noqa: E402
+from darts import ops  # noqa: E402
+from darts.activations import CRB, Softmax  # noqa: E402
+from darts.supernet import SearchNetwork  # noqa: E402
+
+CL = torch.channels_last
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("size", [16, 15])
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv_matches_grouped_conv(stride, kernel, dilation, size, layout):
+    torch.manual_seed(kernel * 10 + dilation + stride)
+    c = 8
+    padding = dilation * (kernel - 1) // 2
+    x0 = torch.randn(4, c, size, size)
+    if layout == "channels_last":
+        x0 = x0.contiguous(memory_format=CL)
+    w0 = torch.randn(c, 1, kernel, kernel)
+    outs = []
+    for fn in (ops.depthwise_conv, lambda x, w, s, p, d: F.conv2d(x, w, None, s, p, d, c)):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        y = fn(x, w, stride, padding, dilation)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+        outs.append((y, *torch.autograd.grad(y, (x, w), g)))
+    for got, want in zip(*outs):
+        assert got.shape == want.shape
+        assert rel(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("shape", [(8, 4, 6, 6), (4, 16, 8, 8)])
+def test_row_batch_norm_matches_batch_norm(shape, scaled):
+    torch.manual_seed(0)
+    c = shape[1]
+    x0 = (torch.randn(shape) * 2 + 1).contiguous(memory_format=CL)
+    s0 = torch.rand(c) + 0.5
+    g = torch.randn(shape).contiguous(memory_format=CL)
+    results, stats = [], []
+    for fast in (True, False):
+        x = x0.clone().requires_grad_()
+        s = s0.clone().requires_grad_() if scaled else None
+        rm, rv = torch.zeros(c), torch.ones(c)
+        if fast:
+            y = ops._RowBatchNorm.apply(x, s, rm, rv, 0.1, 1e-5)
+        else:
+            y = F.batch_norm(x, rm, rv, s, None, True, 0.1, 1e-5)
+        results.append((y, *torch.autograd.grad(y, [x] + ([s] if scaled else []), g)))
+        stats.append((rm, rv))
+    for got, want in zip(*results):
+        assert rel(got, want) < 1e-5
+    for got, want in zip(*stats):
+        assert rel(got, want) < 1e-6
+
+
+def test_row_batch_norm_double_backward_is_exact():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 3, 3, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    s = torch.rand(3, dtype=torch.float64).add(0.5).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda a, b: ops._RowBatchNorm.apply(a, b, None, None, 0.1, 1e-5),
+                                        (x, s))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("name", [n for n in ops.OPS if n != "none"])
+def test_search_op_matches_reference(name, stride):
+    """``op.mixed`` (weighted, channels-last, shared input) == reference op(x) · w."""
+    torch.manual_seed(3)
+    c = 8
+    fast, plain = ops.build_op(name, c, stride, True), ref.build_op(name, c, stride, True)
+    plain.load_state_dict(fast.state_dict())
+    x0 = torch.randn(4, c, 12, 12)
+    w0 = torch.tensor(0.3)
+    results = []
+    for i, net in enumerate((fast, plain)):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        y = net.mixed(ops.Shared(ops.to_fast_layout(x)), w.expand(c)) if i == 0 else net(x) * w
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=CL)
+        results.append((y, *torch.autograd.grad(y, [x, w, *net.parameters()], g)))
+    for got, want in zip(*results):
+        assert rel(got, want) < 1e-5
+    for key, value in plain.state_dict().items():  # running statistics too
+        assert rel(fast.state_dict()[key], value) < 1e-6
+
+
+@pytest.mark.parametrize("name", [n for n in ops.OPS if n != "none"])
+def test_eval_op_matches_reference(name):
+    torch.manual_seed(4)
+    fast, plain = ops.build_op(name, 8, 1, False), ref.build_op(name, 8, 1, False)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(4, 8, 10, 10)
+    assert rel(fast(ops.to_fast_layout(x)), plain(x)) < 1e-5
+
+
+def _net_pair(activation, half: bool, dtype=torch.float64):
+    torch.manual_seed(0)
+    fast = SearchNetwork(activation, C=4, layers=5)
+    if half:
+        prune_half(fast)
+    plain = ref.ReferenceSearchNetwork(activation, C=4, layers=5)
+    plain.load_state_dict(fast.state_dict())
+    return fast.to(dtype), plain.to(dtype)
+
+
+@pytest.mark.parametrize("activation,half,side", [("softmax", False, 16), ("crb", False, 16),
+                                                  ("crb", True, 18)])
+def test_search_network_matches_reference(activation, half, side):
+    """Output, every gradient (α and weights) and the BN running statistics, float64."""
+    fast, plain = _net_pair(Softmax() if activation == "softmax" else CRB(), half)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 3, side, side, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (6,), generator=g)
+    results = []
+    for net in (fast, plain):
+        out = net(x)
+        grads = torch.autograd.grad(F.cross_entropy(out, y), list(net.parameters()), allow_unused=True)
+        results.append((out, grads))
+    assert rel(results[0][0], results[1][0]) < 1e-10
+    for (name, _), got, want in zip(fast.named_parameters(), results[0][1], results[1][1]):
+        assert (got is None) == (want is None), name  # pruned ops: no gradient in either
+        if want is not None:
+            assert rel(got, want) < 1e-9, name
+    fs, ps = fast.state_dict(), plain.state_dict()
+    for key in ps:
+        assert torch.allclose(fs[key].double(), ps[key].double(), rtol=0, atol=1e-10), key
+
+
+def test_search_network_float32_forward_matches_reference():
+    fast, plain = _net_pair(CRB(), True, torch.float32)
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    assert rel(fast(x), plain(x)) < 1e-5
