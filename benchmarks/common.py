@@ -6,6 +6,7 @@ own process just before timing, and reports both.
 """
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import time
@@ -83,4 +84,7 @@ def report(row: dict, flops: int | None, images_per_step: int, mm: float) -> dic
     row["matmul_gflops_per_s"] = mm
     row["peak_rss_mb"] = peak_rss_mb()
     row["threads"] = torch.get_num_threads()
+    # > threads means other processes competed for the cores: with OpenMP, one preempted
+    # thread stalls every parallel op, so such figures can be many times too slow
+    row["loadavg_1m"] = os.getloadavg()[0]
     return row

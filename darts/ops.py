@@ -1,23 +1,13 @@
-"""The op zoo of the DARTS CIFAR space (paper-notes "Search space"), written to be fast on CPU.
+"""The op zoo of the DARTS CIFAR space (paper-notes "Search space"), arranged to be fast on CPU.
 
-Every op maps (N, C, H, W) -> (N, C, H/stride, W/stride). In the search network all ops
-are built with ``affine=False`` and pools are followed by a non-affine BatchNorm; the
-evaluation network uses affine BatchNorm and bare pools, as in DARTS.
-
-The modules (and so the state_dict keys) are those of the straightforward formulation
-(``nn.Sequential`` of ReLU, ``nn.Conv2d(groups=C)``, 1×1 ``nn.Conv2d``, BatchNorm); only
-the arithmetic is arranged differently, keeping the math identical:
-
-* depthwise convolutions go through :func:`depthwise_conv`, because oneDNN's CPU
-  backward of dilated and of 5×5 depthwise convolutions is 10–100× slower than its
-  forward (see that function);
-* on CPU, tensors are kept channels-last: oneDNN's depthwise, pooling and BatchNorm
-  kernels are several times faster in NHWC, and converting once at the cell inputs
-  (a no-op after the first cell) means no layout conversion between ops;
-* :meth:`mixed` (used by the search network) reuses what all edges leaving one state
-  share (ReLU of the input, pooled+normalised input, its dilation phases) through a
-  :class:`Shared` cache, and folds the op's α weight into the final BatchNorm's scale,
-  so the weighting costs neither a pass over the output nor a saved activation.
+Every op maps (N, C, H, W) -> (N, C, H/stride, W/stride). Search-network ops have
+``affine=False`` and a BN after pools; the evaluation network's have affine BN, bare pools.
+Modules and state_dict keys are the plain formulation's (benchmarks/reference.py, pinned to
+this one by tests/test_fast_ops.py); the math is the same, arranged for oneDNN on CPU:
+undilated depthwise convolutions (:func:`depthwise_conv`), channels-last from the cell
+inputs on, a row-wise BatchNorm where torch's NHWC one is slow, and, in the search network,
+ReLU/pooling shared by all edges leaving a state (``darts.supernet.Shared``)
+and α folded into each op's last BatchNorm (no extra pass, no extra saved activation).
 """
 from __future__ import annotations
 
@@ -36,92 +26,106 @@ def to_fast_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 def _phases(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (4N, C, H/2, W/2): the four pixel phases (r, c) ∈ {0,1}², stacked in batch."""
+    """(N, C, H, W) -> (4N, C, H/2, W/2) channels-last: the four pixel phases, stacked in batch."""
     n, c, h, w = x.shape
-    if x.is_contiguous(memory_format=CL):
-        y = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).permute(2, 4, 0, 1, 3, 5)
-        return y.reshape(4 * n, h // 2, w // 2, c).permute(0, 3, 1, 2)
-    y = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(3, 5, 0, 1, 2, 4)
-    return y.reshape(4 * n, c, h // 2, w // 2)
+    y = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).permute(2, 4, 0, 1, 3, 5)
+    return y.reshape(4 * n, h // 2, w // 2, c).permute(0, 3, 1, 2)
 
 
 def _unphase(y: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_phases`."""
+    """Inverse of :func:`_phases` (channels-last result)."""
     n4, c, h, w = y.shape
-    n = n4 // 4
-    if y.is_contiguous(memory_format=CL):
-        z = y.permute(0, 2, 3, 1).reshape(2, 2, n, h, w, c).permute(2, 3, 0, 4, 1, 5)
-        return z.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
-    z = y.reshape(2, 2, n, c, h, w).permute(2, 3, 4, 0, 5, 1)
-    return z.reshape(n, c, 2 * h, 2 * w)
+    z = y.permute(0, 2, 3, 1).reshape(2, 2, n4 // 4, h, w, c).permute(2, 3, 0, 4, 1, 5)
+    return z.reshape(n4 // 4, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
-def _dilation_plan(x: torch.Tensor, k: int, stride: int, padding: int, dilation: int) -> str | None:
+def dilation_plan(x: torch.Tensor, k: int, stride: int, padding: int, dilation: int) -> str | None:
     """How :func:`depthwise_conv` rearranges a dilation-2 "same" convolution, if it does."""
     if x.device.type != "cpu" or dilation != 2 or padding != k - 1:
         return None
-    if stride == 2:
-        return "even"
-    return "phases" if x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0 else None
+    return "even" if stride == 2 else "phases" if x.shape[-1] % 2 == 0 == x.shape[-2] % 2 else None
 
 
 def dilation_input(x: torch.Tensor, plan: str) -> torch.Tensor:
     """The rearranged input for ``plan`` (shareable by every conv reading the same x)."""
-    if plan == "even":
-        return x[:, :, ::2, ::2].contiguous(memory_format=CL if x.is_contiguous(memory_format=CL)
-                                            else torch.contiguous_format)
-    return _phases(x)
+    return x[:, :, ::2, ::2].contiguous(memory_format=CL) if plan == "even" else _phases(x)
 
 
 def depthwise_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, dilation: int,
                    prepared: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(x, w, stride, padding, dilation, groups=C)``, arranged so CPU backward is fast.
 
-    A dilation-2 "same" convolution (padding = k − 1) only ever combines pixels of one
-    parity phase, so it equals an undilated convolution (padding (k−1)/2) on each of
-    the four phases: at stride 2 only phase (0, 0) is read, so it is an undilated
-    convolution of ``x[:, :, ::2, ::2]``; at stride 1 the phases are stacked into the
-    batch. Same products, same sums: only the order of memory accesses changes.
-    oneDNN has a fast (jit_dw) backward only for undilated depthwise convolutions, so
-    this turns 20–100 ms backward passes into ~1 ms. ``prepared`` may pass
-    ``dilation_input(x, plan)`` in, computed once for all convs reading x. On other
-    devices (cuDNN handles dilation well) the plain call is used.
+    A dilation-2 "same" convolution (padding k − 1) only combines pixels of one parity
+    phase, so it is an undilated convolution (padding (k−1)/2) of each of the four phases;
+    at stride 2 only phase (0, 0) is read: an undilated convolution of x[:, :, ::2, ::2].
+    Same products and sums, other memory order. oneDNN's fast (jit_dw) backward exists
+    only for undilated depthwise convolutions, so 20–100 ms backward passes become ~1 ms.
+    ``prepared`` = ``dilation_input(x, plan)``, computed once for all convs reading x.
+    Elsewhere than CPU (cuDNN handles dilation well) this is the plain call.
     """
     c, k = x.shape[1], w.shape[-1]
-    plan = _dilation_plan(x, k, stride, padding, dilation)
-    if plan is None:
-        return F.conv2d(x, w, None, stride, padding, dilation, c)
-    xi = dilation_input(x, plan) if prepared is None else prepared
-    y = F.conv2d(xi, w, None, 1, padding // 2, 1, c)
-    return y if plan == "even" else _unphase(y)
+    plan = dilation_plan(x, k, stride, padding, dilation)
+    if plan is not None:
+        y = depthwise_conv(dilation_input(x, plan) if prepared is None else prepared, w, 1, padding // 2, 1)
+        return y if plan == "even" else _unphase(y)
+    if (k == 5 and stride == 1 and dilation == 1 and x.device.type == "cpu" and x.numel() >= 1 << 17
+            and torch.is_grad_enabled()):  # no autograd (inference mode): the plain forward is as fast
+        return _Depthwise5x5.apply(x, w, padding)
+    return F.conv2d(x, w, None, stride, padding, dilation, c)
 
 
-def accumulate(acc: torch.Tensor | None, y: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """acc + y·scale (scale (C,) broadcast over channels), one pass where possible."""
-    if scale is None:
-        return y if acc is None else acc + y
-    s = scale.view(1, -1, 1, 1)
-    return y * s if acc is None else torch.addcmul(acc, y, s)
+class _Depthwise5x5(torch.autograd.Function):
+    """Stride-1 5×5 depthwise convolution whose weight gradient is made of 3×3 ones.
+
+    oneDNN's jit_dw weight-gradient kernel exists for 3×3 only; 5×5 falls back to a dense
+    blocked kernel 1.3–3.3× slower (4.5 vs 1.4 ms at 64×16×32×32). The zero-padded 6×6
+    kernel is four 3×3 blocks, so the weight gradient is four 3×3 weight gradients of
+    shifted input windows. It is computed only if this backward pass uses it (the α step
+    asks for α gradients alone), which autograd's engine tells a custom Function this way.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, padding: int):
+        ctx.save_for_backward(x, w)
+        ctx.padding = padding
+        ctx.w_node = (torch.autograd.graph.get_gradient_edge(w).node
+                     if w.requires_grad and torch.is_grad_enabled() else None)
+        return F.conv2d(x, w, None, 1, padding, 1, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        p, c, conv_bwd = ctx.padding, x.shape[1], torch.ops.aten.convolution_backward
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain convolution
+            need = [t for t, n in zip((x, w), ctx.needs_input_grad) if n]
+            grads = iter(torch.autograd.grad(F.conv2d(x, w, None, 1, p, 1, c), need, g, create_graph=True))
+            return tuple(next(grads) if n else None for n in ctx.needs_input_grad[:2]) + (None,)
+        args = ([1, 1], [p, p], [1, 1], False, [0, 0], c)
+        gx = conv_bwd(g, x, w, None, *args, [True, False, False])[0] if ctx.needs_input_grad[0] else None
+        if ctx.w_node is None or not torch._C._will_engine_execute_node(ctx.w_node):
+            return gx, None, None
+        xp, h, wd = F.pad(x, (p, p + 1, p, p + 1)), g.shape[-2], g.shape[-1]
+        gw, w3 = w.new_zeros(c, 1, 6, 6), w.new_empty(c, 1, 3, 3)
+        for a in (0, 3):
+            for b in (0, 3):
+                gw[:, :, a:a + 3, b:b + 3] = conv_bwd(g, xp[:, :, a:a + h + 2, b:b + wd + 2], w3, None, [1, 1],
+                                                      [0, 0], *args[2:], [False, True, False])[1]
+        return gx, gw[:, :, :5, :5], None
 
 
 class _RowBatchNorm(torch.autograd.Function):
     """Training-mode BatchNorm of a channels-last tensor seen as an (N·H·W, C) matrix.
 
-    torch's CPU channels-last BatchNorm kernels are 3–5× slower than this for C ≤ 8
-    or large N·H·W (e.g. 600 µs vs 150 µs forward at 32×8×32×32): they vectorise over
-    the few channels of a row. Column sums (``sum(0)``) and broadcast multiplies are
-    fast, so this computes the same two-pass statistics from them: μ = Σx/M,
-    σ² = Σ(x−μ)²/M, y = (x−μ)·(w/σ). Running statistics are updated in place exactly
-    as ``F.batch_norm`` does. Under ``create_graph=True`` (the exact second-order
-    gradients of tests/test_unrolled.py) the backward differentiates torch's own
-    BatchNorm instead, so double backward stays exact.
+    torch's CPU NHWC BatchNorm is 3–5× slower than this for C ≤ 8 or large N·H·W (600 vs
+    150 µs forward at 32×8×32×32): it vectorises over a row's few channels. This takes the
+    same two-pass statistics from column sums: μ = Σx/M, σ² = Σ(x−μ)²/M, y = (x−μ)·w/σ + b.
+    Under ``create_graph=True`` backward differentiates torch's own BatchNorm (exact).
     """
 
     @staticmethod
-    def forward(ctx, x, scale, running_mean, running_var, momentum: float, eps: float):
+    def forward(ctx, x, scale, bias, running_mean, running_var, momentum: float, eps: float):
         n, c, h, w = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(-1, c)
-        m = rows.shape[0]
+        rows, m = x.permute(0, 2, 3, 1).reshape(-1, c), n * h * w
         mean = rows.sum(0).div_(m)
         xc = rows - mean
         var = xc.square().sum(0).div_(m)
@@ -132,7 +136,8 @@ class _RowBatchNorm(torch.autograd.Function):
             running_var.lerp_(var * (m / max(m - 1, 1)), momentum)
         ctx.save_for_backward(x, mean, invstd, scale)
         ctx.eps = eps
-        return (xc * a).view(n, h, w, c).permute(0, 3, 1, 2)
+        y = xc * a if bias is None else torch.addcmul(bias, xc, a)
+        return y.view(n, h, w, c).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
@@ -140,100 +145,65 @@ class _RowBatchNorm(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: go through torch's differentiable BN
             inputs = [x] + ([scale] if ctx.needs_input_grad[1] else [])
             y = F.batch_norm(x, None, None, scale, None, True, 0.0, ctx.eps)
-            grads = torch.autograd.grad(y, inputs, grad, create_graph=True)
-            return grads[0], (grads[1] if len(grads) > 1 else None), None, None, None, None
+            grads = list(torch.autograd.grad(y, inputs, grad, create_graph=True)) + [None]
+            g_bias = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
+            return grads[0], grads[1], g_bias, None, None, None, None
         n, c, h, w = grad.shape
-        g = grad.permute(0, 2, 3, 1).reshape(-1, c)
+        g, m = grad.permute(0, 2, 3, 1).reshape(-1, c), n * h * w
         xc = x.permute(0, 2, 3, 1).reshape(-1, c) - mean
-        m = g.shape[0]
         sum_g = g.sum(0)
         sum_gx = (g * xc).sum(0).mul_(invstd)  # Σ g·x̂
         a = invstd if scale is None else invstd * scale
         k1 = -(a * invstd * sum_gx) / m
         gx = torch.addcmul(-(a * sum_g) / m, g, a).addcmul_(xc, k1)
         g_scale = sum_gx if ctx.needs_input_grad[1] else None
-        return gx.view(n, h, w, c).permute(0, 3, 1, 2), g_scale, None, None, None, None
-
-
-def _use_row_bn(x: torch.Tensor) -> bool:
-    """Where _RowBatchNorm measured faster than torch's kernel (CPU, channels-last)."""
-    n, c, h, w = x.shape
-    return (x.device.type == "cpu" and (c < 16 or n * h * w >= 32768)
-            and x.is_contiguous(memory_format=CL) and n * h * w > 1)
+        g_bias = sum_g if ctx.needs_input_grad[2] else None
+        return gx.view(n, h, w, c).permute(0, 3, 1, 2), g_scale, g_bias, None, None, None, None
 
 
 def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``bn(x)``, optionally times ``scale`` (C,), as one BatchNorm with that scale as its weight.
-
-    ``bn`` must be non-affine when ``scale`` is given: then (x − μ)/σ · s is exactly a
-    BatchNorm with weight s, and autograd gets ds from the BatchNorm backward, which
-    needs only the BN input it saves anyway.
-    """
+    """``bn(x)``, times ``scale`` (C,) if given (``bn`` non-affine): a BN with weight ``scale``,
+    whose backward gives d scale from the input it saves anyway (no extra activation)."""
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked.add_(1)
-    # contiguous: torch 2.14's CPU BN backward reads a stride-0 (expanded) weight wrongly
-    # when input and grad are channels-last (grad_input comes out garbage)
+    # contiguous: torch 2.14's CPU NHWC BN backward returns garbage for a stride-0 weight
     weight, bias = (bn.weight, bn.bias) if scale is None else (scale.contiguous(), None)
-    use_batch = bn.training or not bn.track_running_stats
-    if use_batch and bias is None and _use_row_bn(x):
-        return _RowBatchNorm.apply(x, weight, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
+    use_batch, (n, c, h, w) = bn.training or not bn.track_running_stats, x.shape
+    # where _RowBatchNorm measured faster than torch's kernel
+    if (use_batch and x.device.type == "cpu" and (c < 16 or n * h * w >= 32768) and n * h * w > 1
+            and x.is_contiguous(memory_format=CL)):
+        return _RowBatchNorm.apply(x, weight, bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
     return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, use_batch, bn.momentum, bn.eps)
 
 
-class Shared:
-    """What every edge leaving one state can share, computed on first use.
-
-    ``relu`` feeds all conv ops; ``dilation_input`` is relu(x) rearranged for dilated
-    convolutions (see :func:`depthwise_conv`);
-    ``pooled`` caches pool(x) and, in training mode, its BatchNorm output (a
-    non-affine BN in training normalises with batch statistics, so all edges' BNs of
-    the same pooled input produce the same output; their running statistics are kept
-    equal by copying, so the state_dict is what separate BNs would hold).
-    """
-
-    def __init__(self, x: torch.Tensor):
-        self.x = x
-        self._cache: dict = {}
-
-    def get(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
-
-    @property
-    def relu(self) -> torch.Tensor:
-        return self.get("relu", lambda: F.relu(self.x))
-
-    def dilation_input(self, plan: str) -> torch.Tensor:
-        return self.get(("dilation", plan), lambda: dilation_input(self.relu, plan))
+class _Mixable:
+    def mixed(self, src, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+        """acc + α·op(x) as the search network computes it: ``darts.supernet.mixed_op``."""
+        from .supernet import mixed_op  # that module imports this one
+        return mixed_op(self, src, scale, acc)
 
 
 class ReLUConvBN(nn.Sequential):
     """ReLU -> k×k conv -> BN: the cell-input preprocessing of DARTS (switches to channels-last)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
-        super().__init__(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine),
-        )
+        super().__init__(nn.ReLU(inplace=False),
+                         nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+                         nn.BatchNorm2d(c_out, affine=affine))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return batch_norm(self[2], self[1](F.relu(to_fast_layout(x))))
 
 
-class DilConv(nn.Sequential):
+class DilConv(_Mixable, nn.Sequential):
     """ReLU -> depthwise k×k (dilation d) -> 1×1 -> BN."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int,
                  affine: bool = True):
-        super().__init__(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
-                      groups=c_in, bias=False),
-            nn.Conv2d(c_in, c_out, 1, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine),
-        )
+        super().__init__(nn.ReLU(inplace=False),
+                         nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
+                                   groups=c_in, bias=False),
+                         nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out, affine=affine))
 
     def after_relu(self, r: torch.Tensor, scale=None, prepared=None) -> torch.Tensor:
         dw = self[1]
@@ -243,35 +213,21 @@ class DilConv(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.after_relu(F.relu(x))
 
-    def mixed(self, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
-        dw = self[1]
-        plan = _dilation_plan(src.x, dw.kernel_size[0], dw.stride[0], dw.padding[0], dw.dilation[0])
-        y = self.after_relu(src.relu, scale, None if plan is None else src.dilation_input(plan))
-        return accumulate(acc, y)
 
-
-class SepConv(nn.Sequential):
+class SepConv(_Mixable, nn.Sequential):
     """Two stacked DilConv(dilation=1); only the first carries the stride."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
-        super().__init__(
-            DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
-            DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
-        )
+        super().__init__(DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
+                         DilConv(c_in, c_out, kernel, 1, padding, 1, affine))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self[1](self[0](x))
 
-    def mixed(self, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
-        return accumulate(acc, self[1].after_relu(F.relu(self[0].after_relu(src.relu)), scale))
 
-
-class Identity(nn.Module):
+class Identity(_Mixable, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
-
-    def mixed(self, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
-        return accumulate(acc, src.x, scale)
 
 
 class Zero(nn.Module):
@@ -282,12 +238,10 @@ class Zero(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 1:
-            return x.mul(0.0)
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
-class FactorizedReduce(nn.Module):
+class FactorizedReduce(_Mixable, nn.Module):
     """ReLU -> two 1×1 stride-2 convs (the second shifted by one pixel) -> concat -> BN."""
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
@@ -309,37 +263,21 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.after_relu(F.relu(to_fast_layout(x)))
 
-    def mixed(self, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
-        return accumulate(acc, self.after_relu(src.relu, scale))
 
-
-class Pool(nn.Sequential):
+class Pool(_Mixable, nn.Sequential):
     """3×3 max or average pool (count_include_pad=False); the search variant adds a BN."""
 
     def __init__(self, kind: str, c: int, stride: int, search: bool):
         pool = (nn.MaxPool2d(3, stride=stride, padding=1) if kind == "max"
                 else nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False))
-        super().__init__(pool, nn.BatchNorm2d(c, affine=False)) if search else super().__init__(pool)
+        super().__init__(*([pool, nn.BatchNorm2d(c, affine=False)] if search else [pool]))
         self.key = (kind, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self[0](x)
-        return batch_norm(self[1], y) if len(self) > 1 else y
-
-    def mixed(self, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
-        pooled = src.get(self.key, lambda: self[0](src.x))
-        bn = self[1]
-        if not (bn.training and bn.track_running_stats):
-            return accumulate(acc, batch_norm(bn, pooled, scale))
-        first_bn, out = src.get(self.key + ("bn",), lambda: (bn, batch_norm(bn, pooled)))
-        if first_bn is not bn:  # keep this BN's running statistics what its own pass would give
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                getattr(bn, name).copy_(getattr(first_bn, name))
-        return accumulate(acc, out, scale)
+        return batch_norm(self[1], self[0](x)) if len(self) > 1 else self[0](x)
 
 
 OpFactory = Callable[[int, int, bool], nn.Module]
-
 #: name -> factory(C, stride, search). ``search=True`` builds the supernet variant
 #: (affine=False everywhere, BN after pools); ``False`` the evaluation-network variant.
 OPS: dict[str, OpFactory] = {

@@ -8,21 +8,90 @@ copy of the live op indices per edge is refreshed by `refresh_live()` after an �
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .ops import FactorizedReduce, ReLUConvBN, Shared, batch_norm, build_op, to_fast_layout
+from .ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, batch_norm, build_op,
+                  dilation_input, dilation_plan, to_fast_layout)
 from .space import N_INPUTS, N_NODES, edges
 
 CELL_TYPES = ("normal", "reduce")
 
 
+class Shared:
+    """What every edge leaving one state can share, computed on first use.
+
+    A state feeds up to 4 edges × 7 ops. ``relu`` feeds all conv ops (computed and
+    saved for backward once, not 16 times); ``dilation_input`` is relu(x) rearranged for
+    dilated convolutions (``darts.ops.depthwise_conv``); ``get`` also holds pool(x) and
+    its BatchNorm output (``darts.ops.Pool``). One ``Shared`` lives for one forward.
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self._cache: dict = {}
+
+    def get(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def relu(self) -> torch.Tensor:
+        return self.get("relu", lambda: F.relu(self.x))
+
+    def dilation_input(self, plan: str) -> torch.Tensor:
+        return self.get(("dilation", plan), lambda: dilation_input(self.relu, plan))
+
+
+def accumulate(acc: torch.Tensor | None, y: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """acc + y·scale (scale (C,) broadcast over channels), in one pass where possible."""
+    if scale is not None:
+        return y * scale.view(1, -1, 1, 1) if acc is None else torch.addcmul(acc, y, scale.view(1, -1, 1, 1))
+    return y if acc is None else acc + y
+
+
+def mixed_op(op: nn.Module, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None) -> torch.Tensor:
+    """``acc`` + scale · op(src.x), with ``scale`` (the op's α, as a (C,) vector) folded into
+    the op's last BatchNorm where it has one, and the ReLU/pooling/dilation rearrangement
+    of ``src`` shared with every other op of every edge leaving the same state.
+
+    Pools: in training a non-affine BN normalises with batch statistics, so the BNs of
+    all edges pooling the same state give the same output; it is computed once, and each
+    other live BN's running statistics are set to the first's, which is what their own
+    pass would give (live ops of one state have seen the same batches since the start).
+    """
+    if isinstance(op, SepConv):
+        return accumulate(acc, op[1].after_relu(F.relu(op[0].after_relu(src.relu)), scale))
+    if isinstance(op, DilConv):
+        dw = op[1]
+        plan = dilation_plan(src.x, dw.kernel_size[0], dw.stride[0], dw.padding[0], dw.dilation[0])
+        return accumulate(acc, op.after_relu(src.relu, scale, None if plan is None else src.dilation_input(plan)))
+    if isinstance(op, FactorizedReduce):
+        return accumulate(acc, op.after_relu(src.relu, scale))
+    if isinstance(op, Identity):
+        return accumulate(acc, src.x, scale)
+    if not isinstance(op, Pool):
+        raise TypeError(f"the search network cannot mix a {type(op).__name__}")
+    pooled, bn = src.get(op.key, lambda: op[0](src.x)), op[1]
+    if not (bn.training and bn.track_running_stats):
+        return accumulate(acc, batch_norm(bn, pooled, scale))
+    first_bn, out = src.get(op.key + ("bn",), lambda: (bn, batch_norm(bn, pooled)))
+    if first_bn is not bn:
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            getattr(bn, name).copy_(getattr(first_bn, name))
+    return accumulate(acc, out, scale)
+
+
 class MixedEdge(nn.Module):
     """All candidate ops of one edge; output = Σ_k w_k · op_k(x) over live ops.
 
-    Each op computes its weighted output itself (``op.mixed``): the weight is folded
-    into the op's last BatchNorm, and what the ops of all edges leaving the same state
-    share (ReLU of the input, pooling) comes from the state's ``Shared`` cache.
+    Each op's weighted output is added by :func:`mixed_op`: the weight is folded into
+    the op's last BatchNorm, and what the ops of all edges leaving the same state share
+    (ReLU of the input, pooling) comes from the state's ``Shared`` cache.
     """
 
     def __init__(self, ops: tuple[str, ...], channels: int, stride: int):

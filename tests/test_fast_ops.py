@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder, not an installed package
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder, not an insta
 from benchmarks import reference as ref  # noqa: E402
 from benchmarks.search_bench import prune_half  # noqa: E402
 from darts import ops  # noqa: E402
+from darts.supernet import Shared, mixed_op  # noqa: E402
 from darts.activations import CRB, Softmax  # noqa: E402
 from darts.supernet import SearchNetwork  # noqa: E402
 
@@ -59,24 +61,61 @@ def test_depthwise_conv_matches_grouped_conv(stride, kernel, dilation, size, lay
         assert rel(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("scaled", [False, True])
+class _CountWeightGrads(TorchDispatchMode):
+    """Counts convolution backward calls that compute a weight gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default and args[-1][1]:
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_depthwise_5x5_weight_gradient_from_3x3_pieces(dilation):
+    """Large enough for the 5×5 path (_Depthwise5x5): same values, the weight gradient
+    only computed when asked for, and exact under create_graph (double backward)."""
+    torch.manual_seed(7)
+    x0 = torch.randn(8, 16, 32, 32).contiguous(memory_format=CL)
+    w0 = torch.randn(16, 1, 5, 5)
+    g = torch.randn(8, 16, 32, 32, generator=torch.Generator().manual_seed(1))
+    pad = 2 * dilation
+    runs = {}
+    for name, fn in (("fast", ops.depthwise_conv), ("plain", lambda x, w, s, p, d: F.conv2d(x, w, None, s, p, d, 16))):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with _CountWeightGrads() as only_x:
+            gx_only, = torch.autograd.grad(fn(x, w, 1, pad, dilation), x, g)
+        y = fn(x, w, 1, pad, dilation)
+        gx, gw = torch.autograd.grad(y, (x, w), g, create_graph=True)
+        second, = torch.autograd.grad((gw * w0).sum() + (gx * x0).sum(), x)
+        runs[name] = (y, gx_only, gx, gw, second, only_x.n)
+    for got, want in zip(runs["fast"][:5], runs["plain"][:5]):
+        assert rel(got, want) < 1e-5
+    assert runs["fast"][5] == 0  # α-step-like backward: no weight gradient computed
+
+
+@pytest.mark.parametrize("weights", ["none", "scale", "affine"])
 @pytest.mark.parametrize("shape", [(8, 4, 6, 6), (4, 16, 8, 8)])
-def test_row_batch_norm_matches_batch_norm(shape, scaled):
+def test_row_batch_norm_matches_batch_norm(shape, weights):
     torch.manual_seed(0)
     c = shape[1]
     x0 = (torch.randn(shape) * 2 + 1).contiguous(memory_format=CL)
-    s0 = torch.rand(c) + 0.5
+    s0, b0 = torch.rand(c) + 0.5, torch.randn(c)
     g = torch.randn(shape).contiguous(memory_format=CL)
     results, stats = [], []
     for fast in (True, False):
         x = x0.clone().requires_grad_()
-        s = s0.clone().requires_grad_() if scaled else None
+        s = s0.clone().requires_grad_() if weights != "none" else None
+        b = b0.clone().requires_grad_() if weights == "affine" else None
         rm, rv = torch.zeros(c), torch.ones(c)
         if fast:
-            y = ops._RowBatchNorm.apply(x, s, rm, rv, 0.1, 1e-5)
+            y = ops._RowBatchNorm.apply(x, s, b, rm, rv, 0.1, 1e-5)
         else:
-            y = F.batch_norm(x, rm, rv, s, None, True, 0.1, 1e-5)
-        results.append((y, *torch.autograd.grad(y, [x] + ([s] if scaled else []), g)))
+            y = F.batch_norm(x, rm, rv, s, b, True, 0.1, 1e-5)
+        results.append((y, *torch.autograd.grad(y, [t for t in (x, s, b) if t is not None], g)))
         stats.append((rm, rv))
     for got, want in zip(*results):
         assert rel(got, want) < 1e-5
@@ -88,14 +127,15 @@ def test_row_batch_norm_double_backward_is_exact():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 3, 3, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
     s = torch.rand(3, dtype=torch.float64).add(0.5).requires_grad_()
-    assert torch.autograd.gradgradcheck(lambda a, b: ops._RowBatchNorm.apply(a, b, None, None, 0.1, 1e-5),
-                                        (x, s))
+    b = torch.randn(3, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda *t: ops._RowBatchNorm.apply(*t, None, None, 0.1, 1e-5),
+                                        (x, s, b))
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("name", [n for n in ops.OPS if n != "none"])
 def test_search_op_matches_reference(name, stride):
-    """``op.mixed`` (weighted, channels-last, shared input) == reference op(x) · w."""
+    """``mixed_op`` (weighted, channels-last, shared input) == reference op(x) · w."""
     torch.manual_seed(3)
     c = 8
     fast, plain = ops.build_op(name, c, stride, True), ref.build_op(name, c, stride, True)
@@ -105,7 +145,7 @@ def test_search_op_matches_reference(name, stride):
     results = []
     for i, net in enumerate((fast, plain)):
         x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
-        y = net.mixed(ops.Shared(ops.to_fast_layout(x)), w.expand(c)) if i == 0 else net(x) * w
+        y = mixed_op(net, Shared(ops.to_fast_layout(x)), w.expand(c), None) if i == 0 else net(x) * w
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=CL)
         results.append((y, *torch.autograd.grad(y, [x, w, *net.parameters()], g)))
     for got, want in zip(*results):
