@@ -10,9 +10,12 @@ state_dict loads into either.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
+from darts import ops as darts_ops
 from darts.space import N_INPUTS, N_NODES, edges
 from darts.supernet import SearchNetwork, reduction_layers
 
@@ -36,7 +39,9 @@ def sep_conv(c_in, c_out, kernel, stride, padding, affine=True) -> nn.Sequential
                          dil_conv(c_in, c_out, kernel, 1, padding, 1, affine))
 
 
-class Identity(nn.Module):
+class Identity(darts_ops.Identity):
+    """Subclass only so ``darts.evalnet``'s isinstance check (no drop-path on identities) holds."""
+
     def forward(self, x):
         return x
 
@@ -88,11 +93,19 @@ def build_op(name: str, channels: int, stride: int, search: bool) -> nn.Module:
     return OPS[name](channels, stride, search)
 
 
-def patch_evalnet():
-    """Make ``darts.evalnet`` build its cells from these ops (for the eval-step "before")."""
+@contextlib.contextmanager
+def evalnet_ops():
+    """While active, ``darts.evalnet`` builds its cells from these ops (the eval-step "before")."""
     import darts.evalnet as evalnet
-    evalnet.build_op, evalnet.FactorizedReduce, evalnet.Identity = build_op, FactorizedReduce, Identity
-    evalnet.ReLUConvBN = relu_conv_bn
+    names = ("build_op", "FactorizedReduce", "Identity", "ReLUConvBN")
+    saved = {n: getattr(evalnet, n) for n in names}
+    for n, v in zip(names, (build_op, FactorizedReduce, Identity, relu_conv_bn)):
+        setattr(evalnet, n, v)
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            setattr(evalnet, n, v)
 
 
 class MixedEdge(nn.Module):

@@ -139,7 +139,11 @@ class SearchCell(nn.Module):
             if self.node_bn is not None:
                 total = batch_norm(self.node_bn[i], total)
             states.append(Shared(total))
-        return torch.cat([s.x for s in states[N_INPUTS:]], dim=1)
+        out = torch.cat([s.x for s in states[N_INPUTS:]], dim=1)
+        if out.requires_grad and out.device.type == "cpu":
+            # gradients from the global pool come NCHW; NHWC ops fed NCHW gradients are ~10× slower
+            out.register_hook(to_fast_layout)
+        return out
 
 
 class SearchNetwork(nn.Module):
@@ -213,7 +217,7 @@ class SearchNetwork(nn.Module):
     # --- forward --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights()
-        s0 = s1 = self.stem(x)
+        s0 = s1 = self.stem(to_fast_layout(x))  # channels-last on CPU from the stem on
         for cell in self.cells:
             t = "reduce" if cell.reduction else "normal"
             s0, s1 = s1, cell(s0, s1, w[t], self._live_idx[t])
