@@ -68,7 +68,8 @@ def eval_step(spec: dict) -> dict:
 
 def data_pipeline(spec: dict) -> dict:
     """Augmented batches per second out of ``darts.data.BatchStream`` (what the model eats)."""
-    from darts.data import BatchStream, make_synthetic
+    from darts.data import BatchStream
+    from darts.synthetic import make_synthetic
     batch, n = 64, 64 * 40
     ds = make_synthetic(n, size=32, seed=0)
     cutout = 16 if spec["config"].endswith("cutout") else 0

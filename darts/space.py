@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import operator
 import re
 from dataclasses import dataclass, field
 
@@ -51,6 +52,16 @@ def search_ops(activation: str) -> tuple[str, ...]:
     return PRIMITIVES
 
 
+def _pair(cell: str, op: object, src: object) -> tuple[str, int]:
+    """One (op, source) pair; a float or bool source is a corrupt file, not a state to round."""
+    try:
+        if not isinstance(op, str) or isinstance(src, bool):
+            raise TypeError
+        return op, operator.index(src)
+    except TypeError:
+        raise GenotypeError(f"{cell} pair ({op!r}, {src!r}) is invalid; expected (op name, integer source state)") from None
+
+
 class GenotypeError(ValueError):
     """A genotype that violates the DARTS constraints (set S of the paper)."""
 
@@ -68,9 +79,10 @@ class Genotype:
         for name in ("normal", "reduce"):
             cell = getattr(self, name)
             try:
-                object.__setattr__(self, name, [(str(op), int(src)) for op, src in cell])
+                pairs = [(op, src) for op, src in cell]
             except (TypeError, ValueError) as e:
                 raise GenotypeError(f"{name}={cell!r:.80} is malformed; expected 8 (op name, source state) pairs") from e
+            object.__setattr__(self, name, [_pair(name, op, src) for op, src in pairs])
             _validate_cell(name, getattr(self, name))
         for name in ("normal_concat", "reduce_concat"):
             try:

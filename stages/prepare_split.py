@@ -11,6 +11,7 @@ from pathlib import Path
 
 from darts import data as D
 from darts.checkpoint import write_json_atomic
+from darts.synthetic import make_synthetic
 
 from .params import check_data, load_params, section
 
@@ -19,8 +20,8 @@ def build_sets(d: dict) -> tuple[D.ImageSet, D.ImageSet]:
     size = int(d.get("image_size", 32))
     seed = int(d.get("seed", 0))
     if d["dataset"] == "synthetic":
-        train = D.make_synthetic(int(d.get("train_size") or 2000), size=size, seed=seed)
-        test = D.make_synthetic(int(d.get("test_size") or 1000), size=size, seed=seed + 7919)
+        train = make_synthetic(int(d.get("train_size") or 2000), size=size, seed=seed)
+        test = make_synthetic(int(d.get("test_size") or 1000), size=size, seed=seed + 7919)
         return train, test
     if d["dataset"] == "cifar10":
         root = d.get("root") or "data/cifar10"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 from darts.activations import CRB, Softmax, make_activation
 from darts.constraints import derive_genotype, live_edges_per_node
 from darts.space import N_EDGES
-from darts.supernet import SearchNetwork
+from netutil import batch, count_calls, tiny
 
 # CRB op indices (no `none`)
 MAX, AVG, SKIP, SEP3, SEP5, DIL3, DIL5 = range(7)
@@ -197,36 +196,8 @@ def test_held_op_recovers_and_node_rule_reapplies():
 
 
 # -------------------------------------------------------- inside the network ------
-def _tiny(activation, seed=0, layers=3):
-    torch.manual_seed(seed)
-    return SearchNetwork(activation, C=4, n_classes=5, layers=layers, generator=torch.Generator().manual_seed(seed))
-
-
-def _batch(n=4, hw=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, hw, hw, generator=g), torch.randint(0, 5, (n,), generator=g)
-
-
-def count_calls(modules: dict) -> Counter:
-    """Count every execution of each module, however the network invokes it: the module call
-    (forward) or an op's fused search path (``mixed``, where the op has one)."""
-    counts = Counter()
-    for key, m in modules.items():
-        for name in ("forward", "mixed"):
-            orig = getattr(m, name, None)
-            if orig is None:
-                continue
-
-            def wrapped(*args, _orig=orig, _key=key, **kw):
-                counts[_key] += 1
-                return _orig(*args, **kw)
-
-            object.__setattr__(m, name, wrapped)
-    return counts
-
-
 def test_pruned_op_gets_no_gradient_and_is_not_executed():
-    net = _tiny(CRB())
+    net = tiny(CRB())
     assert net.cells[0].reduction is False and net.cells[1].reduction and net.cells[2].reduction
     with torch.no_grad():
         net.alpha_normal[0, SEP3] = -1.0   # normal cell, edge 0 (state 0 → node 0)
@@ -239,7 +210,7 @@ def test_pruned_op_gets_no_gradient_and_is_not_executed():
               "r2": net.cells[2].edges[5].ops[DIL5]}
     control = {"cn": net.cells[0].edges[0].ops[SEP5], "cr": net.cells[1].edges[5].ops[DIL3]}
     counts = count_calls({**pruned, **control})
-    x, y = _batch()
+    x, y = batch()
     F.cross_entropy(net(x), y).backward()
     assert counts["cn"] >= 1 and counts["cr"] >= 1  # the counters do see executions
     assert counts["n"] == counts["r1"] == counts["r2"] == 0
@@ -256,19 +227,6 @@ def test_pruned_op_gets_no_gradient_and_is_not_executed():
     assert net.weights()["normal"][0, SEP3] == 0.0
 
 
-def test_none_op_never_executed_with_softmax():
-    net = _tiny(Softmax())
-    zeros = {f"{c}.{e}": cell.edges[e].ops[0] for c, cell in enumerate(net.cells) for e in range(N_EDGES)}
-    others = {f"{c}.{e}.skip": cell.edges[e].ops[3] for c, cell in enumerate(net.cells) for e in range(N_EDGES)}
-    counts = count_calls({**zeros, **others})
-    x, y = _batch()
-    F.cross_entropy(net(x), y).backward()
-    assert sum(counts[k] for k in zeros) == 0
-    assert all(counts[k] >= 1 for k in others)
-    # none gets no α gradient through an op output, only through the softmax normalisation
-    assert net.alpha_normal.grad[:, 0].abs().sum() > 0
-
-
 def _node_outputs(net, x):
     outs = []
     handles = [cell.register_forward_hook(lambda m, i, o: outs.append(o.detach())) for cell in net.cells]
@@ -279,12 +237,12 @@ def _node_outputs(net, x):
 
 
 def test_node_batchnorm_crb_present_softmax_absent():
-    crb, sm = _tiny(CRB()), _tiny(Softmax())
+    crb, sm = tiny(CRB()), tiny(Softmax())
     for cell in crb.cells:
         assert len(cell.node_bn) == 4
         assert all(isinstance(b, torch.nn.BatchNorm2d) and not b.affine for b in cell.node_bn)
     assert all(cell.node_bn is None for cell in sm.cells)
-    x, _ = _batch(n=8)
+    x, _ = batch(n=8)
     for o in _node_outputs(crb, x):  # cell output = concat of the 4 node-BN outputs
         mean = o.mean(dim=(0, 2, 3))
         var = o.var(dim=(0, 2, 3), unbiased=False)

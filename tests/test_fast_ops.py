@@ -207,3 +207,33 @@ def test_search_network_float32_forward_matches_reference():
     fast, plain = _net_pair(CRB(), True, torch.float32)
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(6))
     assert rel(fast(x), plain(x)) < 1e-5
+
+
+def test_eval_network_matches_reference_forward_and_gradients():
+    """The whole evaluation network (stride-2 reduce ops, FactorizedReduce, auxiliary head)
+    built from the fast ops computes what the plain ops compute, gradients included."""
+    from darts.evalnet import EvalNetwork
+    from darts.space import Genotype
+
+    g = Genotype.from_dict({
+        "normal": [["max_pool_3x3", 1], ["sep_conv_3x3", 0], ["max_pool_3x3", 1], ["sep_conv_5x5", 2],
+                   ["sep_conv_5x5", 2], ["sep_conv_3x3", 3], ["max_pool_3x3", 1], ["skip_connect", 3]],
+        "normal_concat": [2, 3, 4, 5],
+        "reduce": [["dil_conv_5x5", 0], ["sep_conv_5x5", 1], ["dil_conv_3x3", 1], ["sep_conv_5x5", 2],
+                   ["skip_connect", 3], ["skip_connect", 2], ["avg_pool_3x3", 2], ["sep_conv_3x3", 1]],
+        "reduce_concat": [2, 3, 4, 5]})
+    torch.manual_seed(0)
+    fast = EvalNetwork(g, C=8, n_classes=10, layers=5, auxiliary=True).double()
+    with ref.evalnet_ops():
+        torch.manual_seed(0)
+        plain = EvalNetwork(g, C=8, n_classes=10, layers=5, auxiliary=True).double()
+    plain.load_state_dict(fast.state_dict())
+    x, y = torch.randn(6, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (6,))
+    outs = []
+    for net in (fast, plain):
+        logits, aux = net(x)
+        (F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)).backward()
+        outs.append((logits, aux, {n: p.grad for n, p in net.named_parameters()}))
+    assert rel(outs[0][0], outs[1][0]) < 1e-10 and rel(outs[0][1], outs[1][1]) < 1e-10
+    for name, grad in outs[1][2].items():
+        assert rel(outs[0][2][name], grad) < 1e-8, name

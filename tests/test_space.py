@@ -130,6 +130,22 @@ def test_rejects_source_out_of_range():
     _one_line_error("source -1", normal=bad)
 
 
+def test_rejects_non_integer_sources():
+    # a float or bool source is a corrupt file: it must not be silently rounded to a state
+    for src in (1.0, 1.5, True, "1"):
+        bad = list(NORMAL_OK)
+        bad[0] = (bad[0][0], src)
+        with pytest.raises(GenotypeError, match="integer source") as info:
+            Genotype(normal=bad, reduce=REDUCE_OK)
+        assert "\n" not in str(info.value)
+    # integer-like sources (numpy / 0-d tensors from derive_genotype) are fine
+    import numpy as np
+    import torch
+    good = [(op, np.int64(src)) for op, src in NORMAL_OK]
+    good[1] = (good[1][0], torch.tensor(NORMAL_OK[1][1]))
+    assert Genotype(normal=good, reduce=REDUCE_OK).normal == [tuple(x) for x in NORMAL_OK]
+
+
 def test_rejects_bad_concat():
     msg = _one_line_error(r"\[2, 3, 4\]", normal_concat=[2, 3, 4])
     assert "normal_concat" in msg

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -11,35 +10,8 @@ from torch import nn
 from darts.activations import CRB, Softmax
 from darts.ops import Zero
 from darts.space import N_EDGES
-from darts.supernet import SearchNetwork, reduction_layers
-
-
-def count_calls(modules: dict) -> Counter:
-    """Count every execution of each module, however the network invokes it: the module call
-    (forward) or an op's fused search path (``mixed``, where the op has one)."""
-    counts = Counter()
-    for key, m in modules.items():
-        for name in ("forward", "mixed"):
-            orig = getattr(m, name, None)
-            if orig is None:
-                continue
-
-            def wrapped(*args, _orig=orig, _key=key, **kw):
-                counts[_key] += 1
-                return _orig(*args, **kw)
-
-            object.__setattr__(m, name, wrapped)
-    return counts
-
-
-def tiny(activation, layers=3, seed=0, C=4):
-    torch.manual_seed(seed)
-    return SearchNetwork(activation, C=C, n_classes=5, layers=layers, generator=torch.Generator().manual_seed(seed))
-
-
-def batch(n=4, hw=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, hw, hw, generator=g), torch.randint(0, 5, (n,), generator=g)
+from darts.supernet import reduction_layers
+from netutil import batch, count_calls, tiny
 
 
 def test_output_shape_and_weights():
@@ -123,6 +95,8 @@ def test_none_op_never_executed():
     assert sum(calls[f"zero{i}"] for i in range(len(zeros))) == 0
     assert all(0 not in row for row in net._live_idx["normal"] + net._live_idx["reduce"])
     assert net._live_idx["normal"][0] == list(range(1, 8))
+    # none gets no α gradient through an op output, only through the softmax normalisation
+    assert net.alpha_normal.grad[:, 0].abs().sum() > 0
 
 
 def _pruned_crb_net(seed=0):

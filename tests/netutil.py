@@ -1,0 +1,38 @@
+"""Helpers shared by the search-network tests: a tiny seeded supernet, a batch, a call counter."""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from darts.supernet import SearchNetwork
+
+
+def tiny(activation, layers: int = 3, seed: int = 0, C: int = 4) -> SearchNetwork:
+    """A 5-class supernet small enough for exact, fast checks."""
+    torch.manual_seed(seed)
+    return SearchNetwork(activation, C=C, n_classes=5, layers=layers,
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def batch(n: int = 4, hw: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, hw, hw, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def count_calls(modules: dict) -> Counter:
+    """Count every execution of each module, however the network invokes it: the module call
+    (forward) or an op's fused search path (``mixed``, where the op has one)."""
+    counts = Counter()
+    for key, m in modules.items():
+        for name in ("forward", "mixed"):
+            orig = getattr(m, name, None)
+            if orig is None:
+                continue
+
+            def wrapped(*args, _orig=orig, _key=key, **kw):
+                counts[_key] += 1
+                return _orig(*args, **kw)
+
+            object.__setattr__(m, name, wrapped)
+    return counts
