@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from matplotlib.transforms import Bbox
 
-from .figures import note_figure, save
+from .figures import FORMATS, note_figure, save
 
 #: colours of the categories of each paper dimension (the same in every figure)
 CATEGORY_COLORS = {
@@ -139,14 +139,15 @@ def error_vs_params(runs: pd.DataFrame, by: str, prefix: str | Path, title: str,
 
 
 def fimt_schedule(steps: dict, steps_per_epoch: int, prefix: str | Path, title: str,
-                  epochs: Sequence[int] | None = None, empty: str = "this run logged no FIMT schedule") -> list[Path]:
+                  epochs: Sequence[int] | None = None, empty: str = "this run logged no FIMT schedule",
+                  formats: Sequence[str] = FORMATS) -> list[Path]:
     """Figure 5: F, F̄, the threshold T and the α steps over the first and the last epoch.
 
     ``steps`` holds per-iteration lists: "alpha" (bool), "fisher", "fbar", "threshold".
     """
     n = len(steps.get("alpha", []))
     if not n or "fbar" not in steps or steps_per_epoch <= 0:
-        return note_figure(prefix, title, empty)
+        return note_figure(prefix, title, empty, formats)
     last = max(math.ceil(n / steps_per_epoch) - 1, 0)
     epochs = list(epochs) if epochs is not None else sorted({0, last})
     fig = Figure(figsize=(6.2 * len(epochs), 4.2), layout="constrained")
@@ -177,7 +178,7 @@ def fimt_schedule(steps: dict, steps_per_epoch: int, prefix: str | Path, title: 
     fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=4, fontsize=9, frameon=False)
     fig.suptitle(title + "\n" + r"an α step is taken when $0 < \bar{F} < T$; $T$ shrinks by $m^{-k}$ after one, "
                  r"grows by $m$ otherwise", fontsize=10.5)
-    return save(fig, prefix)
+    return save(fig, prefix, formats)
 
 
 def live_ops_series(pruned: Sequence[dict], initial: int, total_steps: int, cell: str) -> tuple[list, list]:
@@ -193,14 +194,15 @@ def live_ops_series(pruned: Sequence[dict], initial: int, total_steps: int, cell
 
 
 def pruning_timeline(runs: Sequence[dict], prefix: str | Path, title: str, kept: int = 8,
-                     empty: str = "no CRB run in this study: nothing is pruned during search") -> list[Path]:
+                     empty: str = "no CRB run in this study: nothing is pruned during search",
+                     formats: Sequence[str] = FORMATS) -> list[Path]:
     """Live (unpruned) ops per cell type over the search, one line per CRB run.
 
     Each run: {"label", "pruned" (events with step, cell), "initial" (ops per cell at
     start), "total_steps", "steps_per_epoch", "color" (optional)}.
     """
     if not runs:
-        return note_figure(prefix, title, empty)
+        return note_figure(prefix, title, empty, formats)
     fig = Figure(figsize=(13, 4.4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     palette = [f"C{i}" for i in range(10)]
@@ -226,10 +228,11 @@ def pruning_timeline(runs: Sequence[dict], prefix: str | Path, title: str, kept:
         fig.legend(handles=axes[0].get_legend_handles_labels()[0], loc="outside right upper", fontsize=8,
                    title="run (line style: seed)", title_fontsize=8)
     fig.suptitle(f"{title}\n{total} ops pruned" + (f" in {len(runs)} runs" if len(runs) > 1 else ""), fontsize=10.5)
-    return save(fig, prefix)
+    return save(fig, prefix, formats)
 
 
-def training_curves(search: Sequence[dict], retrain: Sequence[dict], prefix: str | Path, title: str) -> list[Path]:
+def training_curves(search: Sequence[dict], retrain: Sequence[dict], prefix: str | Path, title: str,
+                    formats: Sequence[str] = FORMATS) -> list[Path]:
     """Per-epoch search (train/val loss, train acc, α-step ratio) and retrain (loss, acc) curves."""
     fig = Figure(figsize=(13, 3.8), layout="constrained")
     ax_loss, ax_acc, ax_ratio = fig.subplots(1, 3)
@@ -259,4 +262,4 @@ def training_curves(search: Sequence[dict], retrain: Sequence[dict], prefix: str
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
-    return save(fig, prefix)
+    return save(fig, prefix, formats)

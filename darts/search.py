@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .history import History
 from .supernet import SearchNetwork
+from .train import autocast
 
 
 class NonFiniteError(RuntimeError):
@@ -40,6 +41,7 @@ class SearchConfig:
     alpha_weight_decay: float = 1e-3
     order: int = 1
     unrolled_eps: float = 0.01
+    amp: bool = False  # bfloat16 autocast of forward/loss (weights, optimizers, α stay float32)
 
     def validate(self) -> None:
         pos_int = ("epochs", "batch_size")
@@ -59,6 +61,8 @@ class SearchConfig:
             raise ValueError(f"search.w_momentum={self.w_momentum!r} is invalid; must be in [0, 1)")
         if len(self.alpha_betas) != 2 or not all(0 <= b < 1 for b in self.alpha_betas):
             raise ValueError(f"search.alpha_betas={self.alpha_betas!r} is invalid; need two numbers in [0, 1)")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"search.amp={self.amp!r} is invalid; valid: true, false")
         if self.order not in (1, 2):
             raise ValueError(f"search.order={self.order!r} is invalid; valid: 1 (first order), 2 (unrolled)")
 
@@ -102,8 +106,16 @@ class Searcher:
     def done(self) -> bool:
         return self.epoch >= self.cfg.epochs
 
+    def _autocast(self):
+        """bfloat16 autocast when ``cfg.amp`` (no loss scaling needed: bf16 has float32's range)."""
+        return autocast(next(self.net.parameters()).device, self.cfg.amp)
+
     # --- one α step -------------------------------------------------------------
     def alpha_step(self, train_batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        with self._autocast():
+            return self._alpha_step(train_batch)
+
+    def _alpha_step(self, train_batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
         x, y = self.val_stream.next()
         self.a_opt.zero_grad(set_to_none=True)
         if self.cfg.order == 2:
@@ -116,7 +128,7 @@ class Searcher:
                 grads = [g + pg for g, pg in zip(grads, torch.autograd.grad(pen, self.a_params))]
         else:
             logits = self.net(x)
-            ce = F.cross_entropy(logits, y)
+            ce = F.cross_entropy(logits.float(), y)
             pen = self.reg.penalty(self.net, self.step / self.total_steps)
             total = ce if pen is None else ce + pen
             # grads w.r.t. α only: autograd skips the weight gradients DARTS computes and discards
@@ -136,8 +148,9 @@ class Searcher:
             p.requires_grad_(False)
         try:
             self.w_opt.zero_grad(set_to_none=True)
-            logits = self.net(x)
-            loss = F.cross_entropy(logits, y)
+            with self._autocast():
+                logits = self.net(x)
+                loss = F.cross_entropy(logits.float(), y)
             loss.backward()
         finally:
             for p in self.a_params:

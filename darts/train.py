@@ -36,6 +36,7 @@ class RetrainConfig:
     auxiliary_weight: float = 0.4
     drop_path_prob: float = 0.2
     cutout: int = 16  # cutout side in pixels; 0 disables (applied by the data pipeline)
+    amp: bool = False  # bfloat16 autocast of forward/loss; weights and optimizer stay float32
 
     def validate(self) -> "RetrainConfig":
         """Raise ValueError naming the first bad field; return self so calls can chain."""
@@ -49,6 +50,8 @@ class RetrainConfig:
         _check_float(self, "grad_clip", lambda v: v > 0, "a number > 0")
         _check_float(self, "auxiliary_weight", lambda v: v >= 0, "a number >= 0")
         _check_float(self, "drop_path_prob", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"retrain.amp={self.amp!r} is invalid; valid: true, false")
         return self
 
     @classmethod
@@ -74,6 +77,15 @@ def _check_float(cfg: RetrainConfig, name: str, ok: Callable[[float], bool], val
     v = getattr(cfg, name)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
         raise ValueError(f"retrain.{name}={v!r} is invalid; must be {valid}")
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on ``device`` when enabled, else a no-op context.
+
+    bfloat16 keeps float32's exponent range, so unlike float16 it needs no loss scaling;
+    parameters, gradients and optimizer state stay float32.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
@@ -170,10 +182,11 @@ class Retrainer:
         return stats
 
     def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        logits, logits_aux = split_output(self.model(x))
-        loss = F.cross_entropy(logits, y)
-        if logits_aux is not None:
-            loss = loss + self.cfg.auxiliary_weight * F.cross_entropy(logits_aux, y)
+        with autocast(self.device, self.cfg.amp):
+            logits, logits_aux = split_output(self.model(x))
+            loss = F.cross_entropy(logits.float(), y)
+            if logits_aux is not None:
+                loss = loss + self.cfg.auxiliary_weight * F.cross_entropy(logits_aux.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)

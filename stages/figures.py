@@ -3,11 +3,14 @@
 Reads exactly params' configs × seeds (like `aggregate`, never a glob of possibly stale
 runs): `metrics/<config>/<seed>.json`, `runs/<config>/<seed>/search/history.pt`,
 `.../genotype/genotype.json` and `.../retrain/retrain.json`, and hands the data to
-`darts.figures` / `darts.figures_study`. Every figure is a PNG plus a PDF.
+`darts.figures` / `darts.figures_study`. Summary figures are PNG plus PDF; per-run figures PNG.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +26,7 @@ from .params import ParamsError, load_params, study_runs
 #: the study's summary figures (reports/figures/<name>.png|.pdf); per-run figures go to runs/
 SUMMARY = ("alpha_normal", "alpha_reduce", "cells", "error_vs_params_activation", "error_vs_params_schedule",
            "error_vs_params_regularization", "fimt_schedule", "pruning_timeline")
+MAX_WORKERS = 4
 RUN_FIGURES = ("alpha_normal", "alpha_reduce", "cells", "curves", "fimt_schedule", "pruning_timeline")
 #: the study's per-run figures: these for every run, plus fimt_schedule (FIMT) and pruning_timeline (CRB)
 
@@ -51,7 +55,7 @@ def pruning_run(history: dict, label: str, config: str, seed_index: int = 0) -> 
 
 
 def run_figures(history: dict, genotype: dict, retrain: dict | None, out: Path, title: str,
-                names: tuple[str, ...] = RUN_FIGURES) -> list[Path]:
+                names: tuple[str, ...] = RUN_FIGURES, formats: tuple[str, ...] = F.FORMATS) -> list[Path]:
     """The figures of one run: α per cell type, final cells, curves, FIMT schedule, pruning."""
     written: list[Path] = []
     spe = steps_per_epoch(history)
@@ -59,22 +63,38 @@ def run_figures(history: dict, genotype: dict, retrain: dict | None, out: Path, 
         if f"alpha_{cell}" in names:
             written += F.alpha_grid(history["alpha"][cell], history["alpha_steps"], history["ops"],
                                     out / f"alpha_{cell}", f"{title}: {cell} cell α over the search",
-                                    steps_per_epoch=spe, chosen=genotype.get(cell))
+                                    steps_per_epoch=spe, chosen=genotype.get(cell), formats=formats)
     if "cells" in names:
         cells = ("normal", "reduce")
         written += F.cell_graphs({c: genotype[c] for c in cells}, out / "cells", f"{title}: final cells",
-                                 {c: genotype.get(f"{c}_concat") for c in cells})
+                                 {c: genotype.get(f"{c}_concat") for c in cells}, formats=formats)
     if "curves" in names:
         written += FS.training_curves(history["epochs"], (retrain or {}).get("epochs", []), out / "curves",
-                                      f"{title}: training curves")
+                                      f"{title}: training curves", formats=formats)
     if "fimt_schedule" in names:
         written += FS.fimt_schedule(history["steps"], spe, out / "fimt_schedule", f"{title}: FIMT schedule",
-                                    empty="this run's schedule is not FIMT: there is no F, F̄ or threshold to show")
+                                    empty="this run's schedule is not FIMT: there is no F, F̄ or threshold to show",
+                                    formats=formats)
     if "pruning_timeline" in names:
         runs = [pruning_run(history, title, title)] if history["pruned"] or "none" not in history["ops"] else []
         written += FS.pruning_timeline(runs, out / "pruning_timeline", f"{title}: live ops during the search",
-                                       empty="softmax activation: no op is pruned during the search (only CRB prunes)")
+                                       empty="softmax activation: no op is pruned during the search (only CRB prunes)",
+                                       formats=formats)
     return written
+
+
+def _one_run(job: tuple) -> tuple[list[Path], dict | None, tuple | None]:
+    """Per-run figures of one study run (PNG only; PDFs are for the headline figures), plus
+    what the study figures need from its history (pruning events, FIMT log)."""
+    spec, folder, genotype, retrain, out, seed_index, is_fimt = job
+    history = load_history(folder / "search" / "history.pt")
+    names = tuple(n for n in RUN_FIGURES if (n != "fimt_schedule" or spec.schedule == "fimt")
+                  and (n != "pruning_timeline" or spec.activation == "crb"))
+    title = f"{spec.label} seed {spec.seed}"
+    files = run_figures(history, genotype, retrain, out, title, names, formats=("png",))
+    crb_run = pruning_run(history, title, spec.name, seed_index) if spec.activation == "crb" else None
+    steps = (history["steps"], steps_per_epoch(history)) if is_fimt else None
+    return files, crb_run, steps
 
 
 def reference_points(paper: pd.DataFrame) -> pd.DataFrame:
@@ -89,7 +109,7 @@ def reference_points(paper: pd.DataFrame) -> pd.DataFrame:
 def index_markdown(best: str, fimt: str | None, crb: int, run_dirs: list[str]) -> str:
     lines = ["# Figures", "",
              "Generated by `darts figures` (DVC stage `figures`) from params' configs × seeds; "
-             "each figure is also a PDF next to the PNG.", "",
+             "each figure on this page is also a PDF next to the PNG (per-run figures: PNG only).", "",
              f"## Lowest-test-error run (reporting only, nothing is selected by it): {best}", "",
              "![normal cell α](alpha_normal.png)", "", "![reduction cell α](alpha_reduce.png)", "",
              "![final cells](cells.png)", "", "## Test error vs params (Figures 3 and S1)", ""]
@@ -120,18 +140,23 @@ def run(params_path: str, metrics_dir: str, runs_dir: str, out: str, paper_csv: 
     fimt = next((s for s in specs if s.schedule == "fimt"), None)
     written: list[Path] = []
     run_dirs, crb, fimt_steps = [], [], None
-    for spec in specs:  # one history in memory at a time (they are large at paper scale)
-        key = (spec.name, spec.seed)
-        history = load_history(base[key] / "search" / "history.pt")
+    jobs = [(spec, base[(spec.name, spec.seed)], genotypes[(spec.name, spec.seed)],
+             retrains[(spec.name, spec.seed)], out_dir / "runs" / f"{spec.name}-{spec.seed}",
+             seeds.index(spec.seed), spec == fimt) for spec in specs]
+    # drawing is CPU-bound single-threaded matplotlib: one process per core (each holds one history)
+    workers = min(len(jobs), os.cpu_count() or 1, MAX_WORKERS)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_one_run, jobs))
+    else:
+        results = [_one_run(job) for job in jobs]
+    for (spec, *_), (files, crb_run, steps) in zip(jobs, results):
         run_dirs.append(f"{spec.name}-{spec.seed}")
-        names = tuple(n for n in RUN_FIGURES if (n != "fimt_schedule" or spec.schedule == "fimt")
-                      and (n != "pruning_timeline" or spec.activation == "crb"))
-        written += run_figures(history, genotypes[key], retrains[key], out_dir / "runs" / run_dirs[-1],
-                               f"{spec.label} seed {spec.seed}", names)
-        if spec.activation == "crb":
-            crb.append(pruning_run(history, f"{spec.label} seed {spec.seed}", spec.name, seeds.index(spec.seed)))
-        if spec == fimt:
-            fimt_steps = (history["steps"], steps_per_epoch(history))
+        written += files
+        if crb_run is not None:
+            crb.append(crb_run)
+        if steps is not None:
+            fimt_steps = steps
     # the paper shows its highest-performing trial: reporting only, never a selection
     best = metrics.sort_values(["test_error", "config", "seed"]).iloc[0]
     bkey = (str(best["config"]), int(best["seed"]))
