@@ -112,27 +112,10 @@ class Searcher:
 
     # --- one α step -------------------------------------------------------------
     def alpha_step(self, train_batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
-        with self._autocast():
-            return self._alpha_step(train_batch)
-
-    def _alpha_step(self, train_batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
         x, y = self.val_stream.next()
         self.a_opt.zero_grad(set_to_none=True)
-        if self.cfg.order == 2:
-            from .unrolled import unrolled_alpha_grads
-
-            ce, grads = unrolled_alpha_grads(self.net, self.w_opt, train_batch, (x, y),
-                                             self.cfg.unrolled_eps)
-            pen = self.reg.penalty(self.net, self.step / self.total_steps)
-            if pen is not None:
-                grads = [g + pg for g, pg in zip(grads, torch.autograd.grad(pen, self.a_params))]
-        else:
-            logits = self.net(x)
-            ce = F.cross_entropy(logits.float(), y)
-            pen = self.reg.penalty(self.net, self.step / self.total_steps)
-            total = ce if pen is None else ce + pen
-            # grads w.r.t. α only: autograd skips the weight gradients DARTS computes and discards
-            grads = torch.autograd.grad(total, self.a_params)
+        with self._autocast():  # the forward passes and losses only; the updates below stay float32
+            ce, pen, grads = self._alpha_grads(train_batch, x, y)
         for p, g in zip(self.a_params, grads):
             p.grad = g
         self.a_opt.step()
@@ -141,6 +124,23 @@ class Searcher:
         self.history.record_alpha(self.step, self.epoch, self.net.weights(), newly=newly,
                                   penalty=None if pen is None else pen.detach(), val_loss=ce.detach(), info=info)
         return info
+
+    def _alpha_grads(self, train_batch, x: torch.Tensor, y: torch.Tensor):
+        """(validation CE, penalty or None, α gradients of CE + penalty) for one α step."""
+        if self.cfg.order == 2:
+            from .unrolled import unrolled_alpha_grads
+
+            ce, grads = unrolled_alpha_grads(self.net, self.w_opt, train_batch, (x, y),
+                                             self.cfg.unrolled_eps)
+            pen = self.reg.penalty(self.net, self.step / self.total_steps)
+            if pen is not None:
+                grads = [g + pg for g, pg in zip(grads, torch.autograd.grad(pen, self.a_params))]
+            return ce, pen, grads
+        ce = F.cross_entropy(self.net(x).float(), y)
+        pen = self.reg.penalty(self.net, self.step / self.total_steps)
+        total = ce if pen is None else ce + pen
+        # grads w.r.t. α only: autograd skips the weight gradients DARTS computes and discards
+        return ce, pen, torch.autograd.grad(total, self.a_params)
 
     # --- one w step -------------------------------------------------------------
     def w_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -26,9 +26,10 @@ from .params import ParamsError, load_params, study_runs
 #: the study's summary figures (reports/figures/<name>.png|.pdf); per-run figures go to runs/
 SUMMARY = ("alpha_normal", "alpha_reduce", "cells", "error_vs_params_activation", "error_vs_params_schedule",
            "error_vs_params_regularization", "fimt_schedule", "pruning_timeline")
-MAX_WORKERS = 4
-RUN_FIGURES = ("alpha_normal", "alpha_reduce", "cells", "curves", "fimt_schedule", "pruning_timeline")
 #: the study's per-run figures: these for every run, plus fimt_schedule (FIMT) and pruning_timeline (CRB)
+RUN_FIGURES = ("alpha_normal", "alpha_reduce", "cells", "curves", "fimt_schedule", "pruning_timeline")
+#: at most this many processes draw the per-run figures (one per core)
+MAX_WORKERS = 4
 
 
 def load_history(path: Path) -> dict:
