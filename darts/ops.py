@@ -70,7 +70,12 @@ def depthwise_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, 
         return y if plan == "even" else _unphase(y)
     if (k == 5 and stride == 1 and dilation == 1 and x.device.type == "cpu" and x.numel() >= 1 << 17
             and torch.is_grad_enabled()):  # no autograd (inference mode): the plain forward is as fast
-        return _Depthwise5x5.apply(x, w, padding)
+        if not w.requires_grad:
+            return _Depthwise5x5.apply(x, w, padding, None)
+        # a view: the engine can say whether a non-leaf node runs (for a leaf under
+        # autograd.grad it cannot), and its node must be taken here, with grad mode on
+        w = w.view_as(w)
+        return _Depthwise5x5.apply(x, w, padding, torch.autograd.graph.get_gradient_edge(w).node)
     return F.conv2d(x, w, None, stride, padding, dilation, c)
 
 
@@ -81,15 +86,17 @@ class _Depthwise5x5(torch.autograd.Function):
     blocked kernel 1.3–3.3× slower (4.5 vs 1.4 ms at 64×16×32×32). The zero-padded 6×6
     kernel is four 3×3 blocks, so the weight gradient is four 3×3 weight gradients of
     shifted input windows. It is computed only if this backward pass uses it (the α step
-    asks for α gradients alone), which autograd's engine tells a custom Function this way.
+    asks for α gradients alone), which autograd's engine tells of ``w_node``, the autograd
+    node ``w`` came from (None: ``w`` needs no gradient). It is passed in because grad
+    mode is off inside ``forward``: taken there it was always None, and the weight
+    gradient was silently never computed.
     """
 
     @staticmethod
-    def forward(ctx, x, w, padding: int):
+    def forward(ctx, x, w, padding: int, w_node):
         ctx.save_for_backward(x, w)
         ctx.padding = padding
-        ctx.w_node = (torch.autograd.graph.get_gradient_edge(w).node
-                     if w.requires_grad and torch.is_grad_enabled() else None)
+        ctx.w_node = w_node
         return F.conv2d(x, w, None, 1, padding, 1, x.shape[1])
 
     @staticmethod
@@ -99,18 +106,18 @@ class _Depthwise5x5(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: differentiate the plain convolution
             need = [t for t, n in zip((x, w), ctx.needs_input_grad) if n]
             grads = iter(torch.autograd.grad(F.conv2d(x, w, None, 1, p, 1, c), need, g, create_graph=True))
-            return tuple(next(grads) if n else None for n in ctx.needs_input_grad[:2]) + (None,)
+            return tuple(next(grads) if n else None for n in ctx.needs_input_grad[:2]) + (None, None)
         args = ([1, 1], [p, p], [1, 1], False, [0, 0], c)
         gx = conv_bwd(g, x, w, None, *args, [True, False, False])[0] if ctx.needs_input_grad[0] else None
         if ctx.w_node is None or not torch._C._will_engine_execute_node(ctx.w_node):
-            return gx, None, None
+            return gx, None, None, None
         xp, h, wd = F.pad(x, (p, p + 1, p, p + 1)), g.shape[-2], g.shape[-1]
-        gw, w3 = w.new_zeros(c, 1, 6, 6), w.new_empty(c, 1, 3, 3)
+        gw, w3 = w.new_zeros(w.shape[0], 1, 6, 6), w.new_empty(w.shape[0], 1, 3, 3)  # e·C rows: depth multiplier
         for a in (0, 3):
             for b in (0, 3):
                 gw[:, :, a:a + 3, b:b + 3] = conv_bwd(g, xp[:, :, a:a + h + 2, b:b + wd + 2], w3, None, [1, 1],
                                                       [0, 0], *args[2:], [False, True, False])[1]
-        return gx, gw[:, :, :5, :5], None
+        return gx, gw[:, :, :5, :5], None, None
 
 
 class _RowBatchNorm(torch.autograd.Function):
@@ -168,12 +175,18 @@ def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None =
         bn.num_batches_tracked.add_(1)
     # contiguous: torch 2.14's CPU NHWC BN backward returns garbage for a stride-0 weight
     weight, bias = (bn.weight, bn.bias) if scale is None else (scale.contiguous(), None)
-    use_batch, (n, c, h, w) = bn.training or not bn.track_running_stats, x.shape
-    # where _RowBatchNorm measured faster than torch's kernel
+    return batch_norm_function(x, bn.running_mean, bn.running_var, weight, bias,
+                               bn.training or not bn.track_running_stats, bn.momentum, bn.eps)
+
+
+def batch_norm_function(x: torch.Tensor, running_mean, running_var, weight, bias, use_batch: bool,
+                        momentum: float, eps: float) -> torch.Tensor:
+    """``F.batch_norm`` with the same arguments, by :class:`_RowBatchNorm` where that measured faster."""
+    n, c, h, w = x.shape
     if (use_batch and x.device.type == "cpu" and (n * h * w >= 32768 or (c < 16 and n * h * w >= 4096))
             and x.is_contiguous(memory_format=CL)):
-        return _RowBatchNorm.apply(x, weight, bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
-    return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, use_batch, bn.momentum, bn.eps)
+        return _RowBatchNorm.apply(x, weight, bias, running_mean, running_var, momentum, eps)
+    return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch, momentum, eps)
 
 
 class _Mixable:
@@ -257,10 +270,12 @@ class FactorizedReduce(_Mixable, nn.Module):
         # odd sizes: pad so both branches give ceil(H/2); DARTS only meets even sizes
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             x = nn.functional.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-        # conv_1 (even pixels) ‖ conv_2 (odd) as ONE 2×2 stride-2 conv with zero taps, 3–10× faster:
-        # the slice x[:, :, 1:, 1:] has an NCHW backward that slows the NHWC ReLU backward 10×
-        w = torch.cat([F.pad(self.conv_1.weight, (0, 1, 0, 1)), F.pad(self.conv_2.weight, (1, 0, 1, 0))])
-        return batch_norm(self.bn, F.conv2d(x, w, None, 2), scale)
+        return batch_norm(self.bn, F.conv2d(x, self.weight_2x2(), None, 2), scale)
+
+    def weight_2x2(self) -> torch.Tensor:
+        """conv_1 (even pixels) ‖ conv_2 (odd) as ONE 2×2 stride-2 conv with zero taps, 3–10× faster:
+        the slice x[:, :, 1:, 1:] has an NCHW backward that slows the NHWC ReLU backward 10×."""
+        return torch.cat([F.pad(self.conv_1.weight, (0, 1, 0, 1)), F.pad(self.conv_2.weight, (1, 0, 1, 0))])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.after_relu(F.relu(to_fast_layout(x)))

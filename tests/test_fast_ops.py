@@ -97,6 +97,21 @@ def test_depthwise_5x5_weight_gradient_from_3x3_pieces(dilation):
     assert runs["fast"][5] == 0  # α-step-like backward: no weight gradient computed
 
 
+def test_depthwise_5x5_weight_gradient_reaches_the_weight():
+    """Regression: the 3×3-pieces path once never computed the weight gradient outside
+    create_graph (the autograd node was looked up with grad mode off), so ``backward()``
+    left 5×5 depthwise weights of large maps untrained."""
+    torch.manual_seed(8)
+    x = torch.randn(8, 16, 32, 32).contiguous(memory_format=CL).requires_grad_()
+    w, w_plain = torch.randn(16, 1, 5, 5, requires_grad=True), None
+    w_plain = w.detach().clone().requires_grad_()
+    ops.depthwise_conv(x, w, 1, 2, 1).square().sum().backward()
+    F.conv2d(x, w_plain, None, 1, 2, 1, 16).square().sum().backward()
+    assert w.grad is not None and rel(w.grad, w_plain.grad) < 1e-5
+    got, = torch.autograd.grad(ops.depthwise_conv(x, w * 1.0, 1, 2, 1).square().sum(), w)
+    assert rel(got, w_plain.grad) < 1e-5
+
+
 @pytest.mark.parametrize("weights", ["none", "scale", "affine"])
 @pytest.mark.parametrize("shape", [(8, 4, 6, 6), (4, 16, 8, 8)])
 def test_row_batch_norm_matches_batch_norm(shape, weights):
