@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .edgebatch import batchable, forward_many
 from .ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, batch_norm, build_op,
                   dilation_input, dilation_plan, to_fast_layout)
 from .space import N_INPUTS, N_NODES, edges
@@ -45,6 +46,11 @@ class Shared:
 
     def dilation_input(self, plan: str) -> torch.Tensor:
         return self.get(("dilation", plan), lambda: dilation_input(self.relu, plan))
+
+    def plan_input(self, r: torch.Tensor, k: int, stride: int, padding: int, dilation: int) -> torch.Tensor | None:
+        """The shared rearranged input a dilated depthwise conv of relu(x) reads, if any."""
+        plan = dilation_plan(r, k, stride, padding, dilation)
+        return None if plan is None else self.dilation_input(plan)
 
 
 def accumulate(acc: torch.Tensor | None, y: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -87,23 +93,23 @@ def mixed_op(op: nn.Module, src: Shared, scale: torch.Tensor, acc: torch.Tensor 
 
 
 class MixedEdge(nn.Module):
-    """All candidate ops of one edge; output = Σ_k w_k · op_k(x) over live ops.
+    """All candidate ops of one edge; the edge's output is Σ_k w_k · op_k(x) over live ops.
 
-    Each op's weighted output is added by :func:`mixed_op`: the weight is folded into
-    the op's last BatchNorm, and what the ops of all edges leaving the same state share
-    (ReLU of the input, pooling) comes from the state's ``Shared`` cache.
+    The sum is made by ``SearchCell.forward``: each live op adds its weighted output to
+    the destination node's sum through :func:`mixed_op` (the weight folded into the op's
+    last BatchNorm, the input's ReLU and pooling shared by all edges leaving the state),
+    or, for the same op of several edges leaving one state, through
+    ``darts.edgebatch.forward_many``.
     """
 
     def __init__(self, ops: tuple[str, ...], channels: int, stride: int):
         super().__init__()
         self.ops = nn.ModuleList(build_op(name, channels, stride, search=True) for name in ops)
 
-    def forward(self, src: Shared, scales: list[torch.Tensor], live_idx: list[int],
-                acc: torch.Tensor | None = None) -> torch.Tensor | None:
-        """``acc`` + this edge's output (``acc`` is the node's sum so far; None: start one)."""
-        for k in live_idx:
-            acc = self.ops[k].mixed(src, scales[k], acc)
-        return acc
+
+#: per source state j: the (α row, destination node) of every edge leaving it
+OUT_EDGES = [[(row, node) for row, (node, src) in enumerate(edges()) if src == j]
+             for j in range(N_INPUTS + N_NODES)]
 
 
 class SearchCell(nn.Module):
@@ -121,29 +127,48 @@ class SearchCell(nn.Module):
         self.node_bn = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for _ in range(N_NODES)) if node_norm else None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor, live_idx: list[list[int]]) -> torch.Tensor:
+        """Source by source: once a state exists, every edge leaving it is computed, the
+        same op of several edges as one (``darts.edgebatch``) where that pays. Each node
+        still sums its inputs in (source, op) order, as an edge-by-edge pass would."""
         states = [Shared(self.pre0(s0)), Shared(self.pre1(s1))]
         n_edges, n_ops = w.shape
         # one (C,) scale per (edge, op), made by three autograd nodes instead of E·K indexings
-        scales = w.reshape(n_edges * n_ops, 1).expand(n_edges * n_ops, self.channels).contiguous().unbind(0)
-        row = 0
-        for i in range(N_NODES):
-            total = None
-            for j in range(N_INPUTS + i):
-                total = self.edges[row](states[j], scales[row * n_ops:(row + 1) * n_ops], live_idx[row], total)
-                row += 1
-            if total is None:  # every op into this node is `none`/pruned: the node outputs zeros
-                ref = states[1].x
-                stride = 2 if self.reduction else 1
-                total = to_fast_layout(ref.new_zeros(ref.shape[0], ref.shape[1], ref.shape[2] // stride,
-                                                     ref.shape[3] // stride))
-            if self.node_bn is not None:
-                total = batch_norm(self.node_bn[i], total)
-            states.append(Shared(total))
+        scale_rows = w.reshape(n_edges * n_ops, 1).expand(n_edges * n_ops, self.channels)
+        scales = scale_rows.contiguous().unbind(0)
+        totals: list[torch.Tensor | None] = [None] * N_NODES
+        for j in range(N_INPUTS + N_NODES - 1):
+            if j >= N_INPUTS:
+                states.append(Shared(self._finish_node(j - N_INPUTS, totals[j - N_INPUTS], states[1].x)))
+            for k in range(n_ops):
+                live = [(row, node) for row, node in OUT_EDGES[j] if k in live_idx[row]]
+                if not live:
+                    continue
+                ops = [self.edges[row].ops[k] for row, _ in live]
+                src = states[j]
+                if batchable(ops[0], src.x, len(ops)):
+                    idx = torch.tensor([row * n_ops + k for row, _ in live], device=w.device)
+                    y = forward_many(ops, src.relu, scale_rows.index_select(0, idx).reshape(-1), src.plan_input)
+                    c = self.channels
+                    for m, (_, node) in enumerate(live):
+                        totals[node] = accumulate(totals[node], y[:, m * c:(m + 1) * c])
+                else:
+                    for op, (row, node) in zip(ops, live):
+                        totals[node] = op.mixed(src, scales[row * n_ops + k], totals[node])
+        states.append(Shared(self._finish_node(N_NODES - 1, totals[-1], states[1].x)))
         out = torch.cat([s.x for s in states[N_INPUTS:]], dim=1)
         if out.requires_grad and out.device.type == "cpu":
             # gradients from the global pool come NCHW; NHWC ops fed NCHW gradients are ~10× slower
             out.register_hook(to_fast_layout)
         return out
+
+    def _finish_node(self, i: int, total: torch.Tensor | None, ref: torch.Tensor) -> torch.Tensor:
+        """Node i's state from its input sum: zeros if every op into it is `none`/pruned, then
+        CRB's BatchNorm; channels-last (a sum of one batched edge is a channel slice)."""
+        if total is None:
+            stride = 2 if self.reduction else 1
+            total = ref.new_zeros(ref.shape[0], ref.shape[1], ref.shape[2] // stride, ref.shape[3] // stride)
+        total = to_fast_layout(total)
+        return total if self.node_bn is None else batch_norm(self.node_bn[i], total)
 
 
 class SearchNetwork(nn.Module):

@@ -1,0 +1,116 @@
+"""Several edges' op computed as one wider op (darts/edgebatch.py) == each edge's op alone.
+
+Compared with the plain formulation (benchmarks/reference.py) in float64: outputs, the
+gradients of the input, of every edge's α scale and of every weight, and each edge's
+BatchNorm running statistics, in training and in evaluation mode.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
+
+from benchmarks import reference as ref  # noqa: E402
+from darts import edgebatch, ops  # noqa: E402
+from darts.activations import CRB, Softmax  # noqa: E402
+from darts.supernet import SearchNetwork, Shared  # noqa: E402
+
+BATCHED = ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "skip_connect"]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("name", BATCHED)
+def test_forward_many_matches_each_edge_alone(name, stride, training):
+    if name == "skip_connect" and stride == 1:
+        pytest.skip("skip_connect at stride 1 is the identity: nothing to batch")
+    torch.manual_seed(11)
+    c, e = 4, 3
+    fast = [ops.build_op(name, c, stride, True).double() for _ in range(e)]
+    plain = [ref.build_op(name, c, stride, True).double() for _ in range(e)]
+    for f, p in zip(fast, plain):
+        with torch.no_grad():  # distinct running statistics, so eval mode reads each edge's own
+            for b in (m for m in f.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+                b.running_mean.uniform_(-1, 1)
+                b.running_var.uniform_(0.5, 2)
+        p.load_state_dict(f.state_dict())
+        f.train(training), p.train(training)
+    x0 = torch.randn(6, c, 12, 12, dtype=torch.float64)
+    a0 = torch.rand(e, dtype=torch.float64) + 0.1
+    g = torch.randn(6, e * c, 12 // stride, 12 // stride, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(3))
+    x, a = x0.clone().requires_grad_(), a0.clone().requires_grad_()
+    src = Shared(ops.to_fast_layout(x))
+    y = edgebatch.forward_many(fast, src.relu, a.repeat_interleave(c), src.plan_input)
+    got = torch.autograd.grad(y, [x, a] + [q for f in fast for q in f.parameters()], g)
+    x, a = x0.clone().requires_grad_(), a0.clone().requires_grad_()
+    want_y = torch.cat([p(x) * a[m] for m, p in enumerate(plain)], dim=1)
+    want = torch.autograd.grad(want_y, [x, a] + [q for p in plain for q in p.parameters()], g)
+    assert rel(y, want_y) < 1e-12
+    for got_g, want_g in zip(got, want):
+        assert rel(got_g, want_g) < 1e-11
+    for f, p in zip(fast, plain):
+        for key, value in p.state_dict().items():
+            assert torch.allclose(f.state_dict()[key].double(), value.double(), rtol=0, atol=1e-12), key
+
+
+def test_depth_multiplier_5x5_path_matches_plain_convolution(monkeypatch):
+    """Large enough for darts.ops._Depthwise5x5 with e·C weights (a depth multiplier)."""
+    torch.manual_seed(12)
+    c, e = 16, 2
+    fast = [ops.build_op("sep_conv_5x5", c, 1, True).double() for _ in range(e)]
+    plain = [ref.build_op("sep_conv_5x5", c, 1, True).double() for _ in range(e)]
+    for f, p in zip(fast, plain):
+        p.load_state_dict(f.state_dict())
+    x0 = torch.randn(8, c, 32, 32, dtype=torch.float64)  # 2^17 values: the 3×3-pieces weight gradient
+    calls = []
+    real = ops._Depthwise5x5.apply
+    monkeypatch.setattr(ops._Depthwise5x5, "apply", lambda *a: calls.append(1) or real(*a))
+    x = x0.clone().requires_grad_()
+    src = Shared(ops.to_fast_layout(x))
+    y = edgebatch.forward_many(fast, src.relu, torch.ones(e * c, dtype=torch.float64), src.plan_input)
+    got = torch.autograd.grad(y.square().sum(), [x] + [q for f in fast for q in f.parameters()])
+    x = x0.clone().requires_grad_()
+    want_y = torch.cat([p(x) for p in plain], dim=1)
+    want = torch.autograd.grad(want_y.square().sum(), [x] + [q for p in plain for q in p.parameters()])
+    assert len(calls) == 2  # both depthwise layers took that path
+    assert rel(y, want_y) < 1e-12
+    for got_g, want_g in zip(got, want):
+        assert rel(got_g, want_g) < 1e-10
+
+
+@pytest.mark.parametrize("activation", ["softmax", "crb"])
+def test_network_batches_edges_and_computes_the_same(monkeypatch, activation):
+    """At tiny sizes the supernet does batch edges (so the paths above are what runs), and
+    the result equals the edge-by-edge network's, gradients and running statistics included."""
+    act = Softmax() if activation == "softmax" else CRB()
+    torch.manual_seed(0)
+    nets = [SearchNetwork(act, C=4, layers=4).double()]
+    nets.append(SearchNetwork(act, C=4, layers=4).double())
+    nets[1].load_state_dict(nets[0].state_dict())
+    x = torch.randn(8, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    calls = []
+    real = edgebatch.forward_many
+    monkeypatch.setattr("darts.supernet.forward_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    results = []
+    for i, net in enumerate(nets):
+        monkeypatch.setattr(edgebatch, "MAX_NUMEL", 1 << 15 if i == 0 else 0)
+        out = net(x)
+        results.append((out, torch.autograd.grad(out.square().sum(), list(net.parameters()))))
+        if i == 0:
+            assert len(calls) > 0
+            n_batched = len(calls)
+    assert len(calls) == n_batched  # MAX_NUMEL = 0: nothing batched
+    assert rel(results[0][0], results[1][0]) < 1e-12
+    for got, want in zip(results[0][1], results[1][1]):
+        assert rel(got, want) < 1e-10
+    for key, value in nets[1].state_dict().items():
+        assert torch.allclose(nets[0].state_dict()[key].double(), value.double(), rtol=0, atol=1e-12), key
