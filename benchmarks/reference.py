@@ -3,7 +3,9 @@
 This is the supernet as first written (one nn.Module per op, ``nn.Conv2d(groups=C)``
 depthwise convolutions, NCHW, every op of every edge run separately). It exists for
 two reasons: the benchmarks report its speed next to the fast network's in the same
-run (ratios on this noisy machine only mean something when measured together), and
+run (ratios on this noisy machine only mean something when measured together; the
+first-order search benchmark drives it with the public DARTS loop of
+``benchmarks/public_loop.py``, as the public code would run it), and
 tests/test_fast_ops.py checks that the fast network computes the same function. It
 uses the same parameter and buffer names as ``darts.supernet.SearchNetwork``, so one
 state_dict loads into either.

@@ -3,8 +3,10 @@
 Prints one JSON object per line: first the machine line (matmul and dense 3×3 conv
 rates), then one line per benchmark. Each benchmark runs in a fresh subprocess
 (``python -m benchmarks.run --worker SPEC``) so its ``peak_rss_mb`` is its own.
-``--impl both`` runs the reference ("before") formulation right after the fast one
-for every config, so the two are measured under the same machine load.
+``--impl both`` runs the reference ("before") right after the fast one for every
+config, so the two are measured under the same machine load. The reference is the
+straightforward formulation of ``benchmarks/reference.py``; a first-order search step
+also runs it through the public DARTS loop (``benchmarks/public_loop.py``), not ours.
 """
 from __future__ import annotations
 
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--config", action="append", help="config name or glob (repeatable); default: all")
     ap.add_argument("--impl", choices=("fast", "reference", "both"), default="fast",
-                    help="fast = darts.* as it is; reference = the straightforward formulation")
+                    help="fast = darts.* as it is; reference = the straightforward formulation "
+                         "(first-order search: driven by the public DARTS loop)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=0, help="timed steps (0: per-config default)")
     ap.add_argument("--e2e", action="store_true", help="also time `dvc repro` of the quick study")

@@ -1,12 +1,18 @@
 """One search iteration (α step on a val batch + w step on a train batch), timed.
 
-The iteration is exactly ``darts.search.Searcher.run_epoch``'s: the benchmark builds a
-Searcher (alternate schedule, no regularizer, the configured activation) over fake
-streams of pre-drawn random CIFAR-shaped batches, so data loading is not in the time
-(it has its own benchmark), and times each step of an epoch through ``on_step``.
-FLOPs are the *model's*: counted once per config on the meta device with the
-straightforward reference formulation, so a faster formulation that executes more
-arithmetic (or less) does not change the GFLOP/s yardstick.
+``--impl fast`` times our code as the search stage runs it: ``darts.search.Searcher``
+(alternate schedule, no regularizer, the configured activation) driving
+``darts.supernet.SearchNetwork``, whose first-order α step takes gradients w.r.t. α
+only. ``--impl reference`` times the "before": the straightforward network of
+``benchmarks/reference.py`` driven by the public DARTS first-order loop
+(``benchmarks/public_loop.py``: full backward in the α step, α gradients in the w
+step); for second order the reference network stays on ``Searcher``, as there is no
+public loop here for the unrolled step. Each row's ``loop`` says which ran ("ours" or
+"public"). Both run over fake streams of pre-drawn random CIFAR-shaped batches, so data
+loading is not in the time (it has its own benchmark), and time each step of an epoch
+through ``on_step``. FLOPs are the *model's*: counted once per config on the meta device
+with the straightforward formulation and α-only gradients in the α step, so a loop or a
+formulation that executes more arithmetic (or less) does not change the GFLOP/s yardstick.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from darts.search import SearchConfig, Searcher
 from darts.supernet import SearchNetwork
 
 from .common import StepTimer, count_flops, matmul_gflops, report
+from .public_loop import PublicFirstOrderLoop
 from .reference import ReferenceSearchNetwork
 
 SIZES = {  # name: (C, cells, batch, image side); FLOP/iteration softmax: 2.2 G, 23.6 G, 230 G
@@ -31,7 +38,7 @@ STEPS = {"tiny": (2, 8), "small": (2, 5), "paper": (1, 3)}  # (warm-up, timed) i
 
 
 class FakeStream:
-    """The stream API Searcher uses, cycling through a few fixed random batches."""
+    """The stream API both loops use, cycling through a few fixed random batches."""
 
     def __init__(self, batch: int, side: int, n_steps: int, seed: int, n_batches: int = 3):
         g = torch.Generator().manual_seed(seed)
@@ -105,6 +112,14 @@ def iteration_flops(activation: str, size: str, order: int) -> int:
     return count_flops(iteration)
 
 
+def make_loop(impl: str, order: int, net, train, val, batch: int) -> tuple[str, PublicFirstOrderLoop | Searcher]:
+    """("public", the public DARTS loop) for the first-order reference, else ("ours", a Searcher)."""
+    cfg = SearchConfig(epochs=1000, batch_size=batch, order=order)
+    if impl == "reference" and order == 1:
+        return "public", PublicFirstOrderLoop(net, train, val, cfg)
+    return "ours", Searcher(net, cfg, alternate(), NoRegularizer(), train, val)
+
+
 def run(spec: dict) -> dict:
     size, activation, impl = spec["size"], spec["activation"], spec["impl"]
     order = spec.get("order", 1)
@@ -114,15 +129,14 @@ def run(spec: dict) -> dict:
     flops = iteration_flops(activation, size, order)
     net = build_net(impl, activation, size)
     train, val = FakeStream(batch, side, warm, 1), FakeStream(batch, side, warm, 2)
-    cfg = SearchConfig(epochs=1000, batch_size=batch, order=order)
-    searcher = Searcher(net, cfg, alternate(), NoRegularizer(), train, val)
+    loop_name, loop = make_loop(impl, order, net, train, val, batch)
     timer = StepTimer()
-    searcher.run_epoch(timer)  # warm-up: allocator, oneDNN primitive caches, lazy inits
+    loop.run_epoch(timer)  # warm-up: allocator, oneDNN primitive caches, lazy inits
     train.n_steps = steps
     mm = matmul_gflops()
     timer.reset()
-    searcher.run_epoch(timer)
-    row = {"bench": "search_step", "config": spec["config"], "impl": impl, "activation": activation,
-           "order": order, "live_ops": {t: int(m.sum()) for t, m in net.live().items()}}
+    loop.run_epoch(timer)
+    row = {"bench": "search_step", "config": spec["config"], "impl": impl, "loop": loop_name,
+           "activation": activation, "order": order, "live_ops": {t: int(m.sum()) for t, m in net.live().items()}}
     row.update(timer.summary())
     return report(row, flops, 2 * batch, mm)
