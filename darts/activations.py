@@ -11,6 +11,13 @@ If pruning would leave a node with fewer, the edges that would lose their last l
 keep that op (the one with the largest pre-clamp α), held at α = 0, until the node has
 two such edges again. An op held at 0 is live: clamp's gradient at the boundary is 1,
 so it can recover, and Π_S never has to pick a pruned op.
+
+Where pruning is decided: on the host. The host must learn which ops are live anyway
+(the forward skips pruned ops from a host list), and the node rule walks edges one by
+one, so CRB copies α and the live masks to the host in one transfer per α step (one
+sync on a GPU), decides there, and returns the newly pruned masks as host tensors; the
+device is written back only when something was pruned. Softmax never prunes and
+returns None: no mask, no sync.
 """
 from __future__ import annotations
 
@@ -37,8 +44,12 @@ class Softmax:
     def __call__(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         return torch.softmax(alpha, dim=-1)
 
-    def prune(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(live)
+    def prune(self, alpha: torch.Tensor, live: torch.Tensor) -> None:
+        """Nothing to prune: None rather than an all-false mask, which would cost a sync to read."""
+
+    def prune_all(self, alphas: dict[str, torch.Tensor], lives: dict[str, torch.Tensor]) -> dict:
+        """`prune` for every cell type at once: nothing pruned, so no masks."""
+        return {}
 
 
 class CRB:
@@ -64,15 +75,34 @@ class CRB:
 
     @torch.no_grad()
     def prune(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-        """Mask every live α ≤ 0 (in place on `alpha` and `live`); return the newly pruned mask."""
-        newly = live & (alpha <= 0)
-        if newly.any():
-            rescued = _rescue(alpha, live, newly, self.ops)
-            newly &= ~rescued
-            live &= ~newly
-        alpha.masked_fill_(~live, 0.0)
-        alpha.masked_fill_(live & (alpha < 0), 0.0)
+        """Mask every live α ≤ 0 (in place on `alpha` and `live`); return the newly pruned mask
+        (a host tensor; one device→host copy)."""
+        return self.prune_all({"": alpha}, {"": live})[""]
+
+    @torch.no_grad()
+    def prune_all(self, alphas: dict[str, torch.Tensor], lives: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`prune` for every cell type with a single device→host copy: the one sync of the α step."""
+        keys = list(alphas)
+        host = _to_host([alphas[k] for k in keys] + [lives[k] for k in keys])
+        newly = {}
+        for i, k in enumerate(keys):
+            alpha, live = alphas[k], lives[k]
+            alpha_h, live_h = host[i], host[len(keys) + i].bool()
+            new = live_h & (alpha_h <= 0)
+            if new.any():
+                new &= ~_rescue(alpha_h, live_h, new, self.ops)
+                live &= ~new.to(live.device)  # host→device: only on the rare steps that prune
+            alpha.masked_fill_(~live, 0.0)
+            alpha.masked_fill_(live & (alpha < 0), 0.0)
+            newly[k] = new
         return newly
+
+
+def _to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Host copies of `tensors` (same shapes, all in the first one's dtype) in one transfer."""
+    dtype = tensors[0].dtype
+    flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors]).cpu()
+    return [chunk.view(t.shape) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 def _rescue(alpha: torch.Tensor, live: torch.Tensor, newly: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:

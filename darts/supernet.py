@@ -219,10 +219,13 @@ class SearchNetwork(nn.Module):
         return {t: self.activation(a, self.live()[t]) for t, a in self.alphas().items()}
 
     @torch.no_grad()
-    def prune(self) -> dict[str, torch.Tensor]:
-        """Apply the activation's pruning after an α update; returns newly pruned masks."""
-        newly = {t: self.activation.prune(self.alphas()[t].data, self.live()[t]) for t in CELL_TYPES}
-        if self.activation.prunes:
+    def prune(self) -> dict[str, torch.Tensor] | None:
+        """Apply the activation's pruning after an α update; returns the newly pruned masks (host
+        tensors), or None when the activation never prunes: then nothing is created and nothing syncs."""
+        if not self.activation.prunes:
+            return None
+        newly = self.activation.prune_all({t: a.data for t, a in self.alphas().items()}, self.live())
+        if any(bool(m.any()) for m in newly.values()):  # host masks: no sync; `live` changed only then
             self.refresh_live()
         return newly
 

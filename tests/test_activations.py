@@ -33,7 +33,8 @@ def test_softmax_values():
     assert act.ops[0] == "none" and len(act.ops) == 8
     assert not act.prunes and not act.node_norm
     live = torch.ones(N_EDGES, 8, dtype=torch.bool)
-    assert not act.prune(a, live).any() and live.all()
+    assert act.prune(a, live) is None and act.prune_all({"normal": a}, {"normal": live}) == {}
+    assert live.all()
 
 
 def test_crb_clamp_values_and_mask():
