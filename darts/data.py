@@ -199,12 +199,27 @@ def split_indices(n: int, train_fraction: float, seed: int) -> tuple[torch.Tenso
     return perm[:k], perm[k:]
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t.to(device)``; a host tensor bound for a GPU goes through pinned memory without
+    blocking: a copy from pageable memory would make the host wait for the GPU's queue
+    (a sync per batch). The caching host allocator keeps the pinned buffer until the copy
+    has run."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+_NORM: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device, made once
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32 standardised with the CIFAR mean/std, on x's device."""
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
         raise DataError(f"expected a uint8 (B, 3, H, W) batch, got {x.dtype} {tuple(x.shape)}")
-    mean = torch.tensor(CIFAR_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD, device=x.device).view(1, 3, 1, 1)
+    if x.device not in _NORM:
+        _NORM[x.device] = (torch.tensor(CIFAR_MEAN, device=x.device).view(1, 3, 1, 1),
+                           torch.tensor(CIFAR_STD, device=x.device).view(1, 3, 1, 1))
+    mean, std = _NORM[x.device]
     return (x.float() / 255 - mean) / std
 
 
@@ -221,19 +236,19 @@ def augment(x: torch.Tensor, generator: torch.Generator | None, crop_pad: int = 
     b, _, h, w = x.shape
     gdev = generator.device if generator is not None else torch.device("cpu")
     if crop_pad > 0:
-        off = torch.randint(0, 2 * crop_pad + 1, (b, 2), generator=generator, device=gdev).to(x.device)
+        off = to_device(torch.randint(0, 2 * crop_pad + 1, (b, 2), generator=generator, device=gdev), x.device)
         padded = F.pad(x, (crop_pad,) * 4).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, 3)
         rows = off[:, :1] + torch.arange(h, device=x.device)  # (B, H)
         cols = off[:, 1:] + torch.arange(w, device=x.device)  # (B, W)
         bi = torch.arange(b, device=x.device).view(b, 1, 1)
         x = padded[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if flip:
-        flips = (torch.rand(b, generator=generator, device=gdev) < 0.5).to(x.device)
+        flips = to_device(torch.rand(b, generator=generator, device=gdev) < 0.5, x.device)
         x = torch.where(flips.view(b, 1, 1, 1), x.flip(3), x)
     out = normalize(x.contiguous())
     if cutout > 0:
-        cy = torch.randint(0, h, (b, 1), generator=generator, device=gdev).to(x.device)
-        cx = torch.randint(0, w, (b, 1), generator=generator, device=gdev).to(x.device)
+        cy = to_device(torch.randint(0, h, (b, 1), generator=generator, device=gdev), x.device)
+        cx = to_device(torch.randint(0, w, (b, 1), generator=generator, device=gdev), x.device)
         ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         in_y = (ys >= cy - cutout // 2) & (ys < cy - cutout // 2 + cutout)  # (B, H), clipped by range
         in_x = (xs >= cx - cutout // 2) & (xs < cx - cutout // 2 + cutout)
@@ -287,7 +302,7 @@ class BatchStream:
                 self._perm = torch.randperm(self.n, generator=self._shuffle)
             else:
                 self._perm = torch.arange(self.n)
-        idx = self._perm[self._pos * self.batch_size:(self._pos + 1) * self.batch_size].to(self.device)
+        idx = to_device(self._perm[self._pos * self.batch_size:(self._pos + 1) * self.batch_size], self.device)
         self._pos += 1
         if self._pos == len(self):
             self._epoch, self._pos, self._perm = self._epoch + 1, 0, None

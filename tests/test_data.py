@@ -151,6 +151,22 @@ def test_augment_on_gpu_with_cpu_generator():
     assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to detect host syncs")
+def test_batch_stream_on_gpu_does_not_sync():
+    """Index and augmentation draws reach the GPU through pinned, non-blocking copies."""
+    ds = make_synthetic(64, size=16)
+    streams = [BatchStream(ds, 16, seed=0, device="cuda", cutout=4), BatchStream(ds, 16, seed=0, device="cuda",
+                                                                             train=False)]
+    for st in streams:
+        st.next()  # warm-up outside the check (lazy CUDA initialisation)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batches = [st.next() for st in streams for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(x.device.type == "cuda" and y.device.type == "cuda" for x, y in batches)
+
+
 def test_resize_matches_pil_and_is_noop_at_size():
     ds = make_synthetic(8, size=32, seed=4)
     assert resize(ds, 32) is ds
