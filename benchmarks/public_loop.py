@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from darts.search import SearchConfig
+from darts.search import SearchConfig, make_optimizers
 
 
 class PublicFirstOrderLoop:
@@ -37,10 +37,7 @@ class PublicFirstOrderLoop:
         self.train_stream, self.val_stream = train_stream, val_stream
         self.w_params = net.weight_parameters()
         self.a_params = net.arch_parameters()
-        self.w_opt = torch.optim.SGD(self.w_params, lr=cfg.w_lr, momentum=cfg.w_momentum,
-                                     weight_decay=cfg.w_weight_decay)
-        self.a_opt = torch.optim.Adam(self.a_params, lr=cfg.alpha_lr, betas=tuple(cfg.alpha_betas),
-                                      weight_decay=cfg.alpha_weight_decay)
+        self.w_opt, self.a_opt = make_optimizers(self.w_params, self.a_params, cfg)  # as Searcher's
 
     def alpha_step(self) -> torch.Tensor:
         """One α update on the next validation batch; the backward also fills weight gradients."""

@@ -72,6 +72,14 @@ def _check_finite(t: torch.Tensor, what: str, step: int) -> None:
         raise NonFiniteError(f"non-finite {what} at step {step}; stopping (the last checkpoint is kept)")
 
 
+def make_optimizers(w_params, a_params, cfg: SearchConfig) -> tuple[torch.optim.SGD, torch.optim.Adam]:
+    """DARTS' optimizers: SGD with momentum for the weights, Adam for α."""
+    w_opt = torch.optim.SGD(w_params, lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
+    a_opt = torch.optim.Adam(a_params, lr=cfg.alpha_lr, betas=tuple(cfg.alpha_betas),
+                             weight_decay=cfg.alpha_weight_decay)
+    return w_opt, a_opt
+
+
 class Searcher:
     """Holds the search state (network, optimizers, schedule, regularizer, history)."""
 
@@ -82,10 +90,7 @@ class Searcher:
         self.train_stream, self.val_stream = train_stream, val_stream
         self.w_params = net.weight_parameters()
         self.a_params = net.arch_parameters()
-        self.w_opt = torch.optim.SGD(self.w_params, lr=cfg.w_lr, momentum=cfg.w_momentum,
-                                     weight_decay=cfg.w_weight_decay)
-        self.a_opt = torch.optim.Adam(self.a_params, lr=cfg.alpha_lr, betas=tuple(cfg.alpha_betas),
-                                      weight_decay=cfg.alpha_weight_decay)
+        self.w_opt, self.a_opt = make_optimizers(self.w_params, self.a_params, cfg)
         self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs, eta_min=cfg.w_lr_min)
         self.epoch = 0
         self.step = 0
