@@ -45,8 +45,10 @@ def forward_many(ops: list[nn.Module], relu_x: torch.Tensor, scale: torch.Tensor
     """[scale_m · op_m(x)] for the edges m, as one (N, e·C, H', W') edge-major tensor.
 
     ``relu_x`` = relu(x), shared with every other op reading x; ``scale`` the e·C
-    per-channel weights (edge-major); ``prepared(plan)`` gives the shared dilation
-    input (``darts.supernet.Shared.dilation_input``).
+    per-channel weights (edge-major); ``prepared(relu_x, k, stride, padding, dilation)``
+    gives the shared rearranged input of a dilated convolution, or None
+    (``darts.supernet.Shared.plan_input``). ``ops`` are all SepConv, all DilConv or all
+    FactorizedReduce (:func:`batchable`).
     """
     first = ops[0]
     if isinstance(first, SepConv):
