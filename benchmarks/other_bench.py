@@ -3,6 +3,7 @@
 The eval step is ``darts.train.Retrainer``'s (forward, CE + 0.4·aux CE, backward,
 clip, SGD) on the DARTS_V2 genotype at C=16, 8 cells, batch 64, with drop-path at the
 mid-run probability 0.1, as a real retrain spends most of its steps with drop-path on.
+The reference runs with ``fast=False``: plain SGD and clipping loops, as DARTS' train.py.
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def eval_step(spec: dict) -> dict:
     batches = [(torch.randn(batch, 3, side, side, generator=g), torch.randint(0, 10, (batch,), generator=g))
                for _ in range(3)]
     timer = StepTimer()
-    trainer = Retrainer(model, RetrainConfig(epochs=2, batch_size=batch, drop_path_prob=0.2), on_step=timer)
+    trainer = Retrainer(model, RetrainConfig(epochs=2, batch_size=batch, drop_path_prob=0.2), on_step=timer,
+                        fast=spec["impl"] != "reference")  # the reference steps as DARTS' train.py
     trainer.epoch = 1  # drop_path_prob = 0.2 · 1/2 in this epoch
     steps = spec.get("steps") or 5
     trainer.train_epoch(batches[:2])  # warm-up

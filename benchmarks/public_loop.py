@@ -37,7 +37,7 @@ class PublicFirstOrderLoop:
         self.train_stream, self.val_stream = train_stream, val_stream
         self.w_params = net.weight_parameters()
         self.a_params = net.arch_parameters()
-        self.w_opt, self.a_opt = make_optimizers(self.w_params, self.a_params, cfg)  # as Searcher's
+        self.w_opt, self.a_opt = make_optimizers(self.w_params, self.a_params, cfg, fast=False)  # DARTS' plain SGD
 
     def alpha_step(self) -> torch.Tensor:
         """One α update on the next validation batch; the backward also fills weight gradients."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from darts.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
+from darts.ops import DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, build_op, to_fast_layout
 from darts.space import N_INPUTS, Genotype
 
 STEM_MULTIPLIER = 3
@@ -55,19 +55,40 @@ class EvalCell(nn.Module):
         )
 
     def forward(self, s0: Tensor, s1: Tensor, drop_prob: float) -> Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = [Shared(self.preprocess0(s0)), Shared(self.preprocess1(s1))]
         for i in range(self.n_nodes):
             h = [self._edge(2 * i + k, states, drop_prob) for k in (0, 1)]
-            states.append(h[0] + h[1])
-        return torch.cat([states[i] for i in self.concat], dim=1)
+            states.append(Shared(h[0] + h[1]))
+        out = torch.cat([states[i].x for i in self.concat], dim=1)
+        if out.requires_grad and out.device.type == "cpu":
+            out.register_hook(to_fast_layout)  # the global pool's gradient comes NCHW (darts.supernet)
+        return out
 
-    def _edge(self, k: int, states: list[Tensor], drop_prob: float) -> Tensor:
+    def _edge(self, k: int, states: list[Shared], drop_prob: float) -> Tensor:
         """Apply op ``k``; drop-path it in training unless it is a (parameter-free) identity."""
         op = self._ops[k]
-        h = op(states[self.indices[k]])
+        h = shared_forward(op, states[self.indices[k]])
         if self.training and drop_prob > 0.0 and not isinstance(op, Identity):
             h = drop_path(h, drop_prob)
         return h
+
+
+def shared_forward(op: nn.Module, src: Shared) -> Tensor:
+    """``op(src.x)``, with what several ops reading one state have in common computed once:
+    relu(x) (DARTS_V2's normal cell feeds 3 sep_convs from one state), a dilated
+    convolution's rearranged input, and a bare pool (its reduce cell max-pools one
+    state 3 times). Same math; drop-path comes after, per op."""
+    if isinstance(op, SepConv):
+        return op[1](op[0].after_relu(src.relu))
+    if isinstance(op, DilConv):
+        dw = op[1]
+        return op.after_relu(src.relu, None, src.plan_input(src.relu, dw.kernel_size[0], dw.stride[0],
+                                                            dw.padding[0], dw.dilation[0]))
+    if isinstance(op, FactorizedReduce):
+        return op.after_relu(src.relu)
+    if isinstance(op, Pool) and len(op) == 1:
+        return src.get(op.key, lambda: op[0](src.x))
+    return op(src.x)
 
 
 def _darts_pool_gives_2(size: int) -> bool:

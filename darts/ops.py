@@ -189,6 +189,37 @@ def batch_norm_function(x: torch.Tensor, running_mean, running_var, weight, bias
     return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch, momentum, eps)
 
 
+class Shared:
+    """What every edge leaving one state can share, computed on first use.
+
+    A state feeds up to 4 edges × 7 ops. ``relu`` feeds all conv ops (computed and
+    saved for backward once, not 16 times); ``dilation_input`` is relu(x) rearranged for
+    dilated convolutions (:func:`depthwise_conv`); ``get`` also holds pool(x) and
+    its BatchNorm output (:class:`Pool`). One ``Shared`` lives for one forward.
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self._cache: dict = {}
+
+    def get(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def relu(self) -> torch.Tensor:
+        return self.get("relu", lambda: F.relu(self.x))
+
+    def dilation_input(self, plan: str) -> torch.Tensor:
+        return self.get(("dilation", plan), lambda: dilation_input(self.relu, plan))
+
+    def plan_input(self, r: torch.Tensor, k: int, stride: int, padding: int, dilation: int) -> torch.Tensor | None:
+        """The shared rearranged input a dilated depthwise conv of relu(x) reads, if any."""
+        plan = dilation_plan(r, k, stride, padding, dilation)
+        return None if plan is None else self.dilation_input(plan)
+
+
 class _Mixable:
     def mixed(self, src, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
         """acc + α·op(x) as the search network computes it: ``darts.supernet.mixed_op``."""

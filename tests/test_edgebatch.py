@@ -27,16 +27,22 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # skip_connect is batched at stride 2 only (FactorizedReduce); at stride 1 it is the identity
-CASES = [(name, stride) for name in BATCHED for stride in (1, 2) if not (name == "skip_connect" and stride == 1)]
+CASES = [((name,) * 3, stride, 12) for name in BATCHED for stride in (1, 2)
+         if not (name == "skip_connect" and stride == 1)]
+# one family's kernel sizes mixed (darts.supernet.op_groups), on even and odd maps (the
+# odd stride-1 dilated conv is not rearranged into phases: a dilated conv of padded kernels)
+CASES += [(names, stride, side) for names in (("sep_conv_3x3", "sep_conv_5x5", "sep_conv_3x3"),
+                                              ("dil_conv_5x5", "dil_conv_3x3", "dil_conv_3x3"))
+          for stride in (1, 2) for side in (12, 11)]
 
 
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("name,stride", CASES)
-def test_forward_many_matches_each_edge_alone(name, stride, training):
+@pytest.mark.parametrize("names,stride,side", CASES)
+def test_forward_many_matches_each_edge_alone(names, stride, side, training):
     torch.manual_seed(11)
-    c, e = 4, 3
-    fast = [ops.build_op(name, c, stride, True).double() for _ in range(e)]
-    plain = [ref.build_op(name, c, stride, True).double() for _ in range(e)]
+    c, e = 4, len(names)
+    fast = [ops.build_op(name, c, stride, True).double() for name in names]
+    plain = [ref.build_op(name, c, stride, True).double() for name in names]
     for f, p in zip(fast, plain):
         with torch.no_grad():  # distinct running statistics, so eval mode reads each edge's own
             for b in (m for m in f.modules() if isinstance(m, torch.nn.BatchNorm2d)):
@@ -44,13 +50,12 @@ def test_forward_many_matches_each_edge_alone(name, stride, training):
                 b.running_var.uniform_(0.5, 2)
         p.load_state_dict(f.state_dict())
         f.train(training), p.train(training)
-    x0 = torch.randn(6, c, 12, 12, dtype=torch.float64)
+    x0 = torch.randn(6, c, side, side, dtype=torch.float64)
     a0 = torch.rand(e, dtype=torch.float64) + 0.1
-    g = torch.randn(6, e * c, 12 // stride, 12 // stride, dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(3))
     x, a = x0.clone().requires_grad_(), a0.clone().requires_grad_()
     src = Shared(ops.to_fast_layout(x))
     y = edgebatch.forward_many(fast, src.relu, a.repeat_interleave(c), src.plan_input)
+    g = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     got = torch.autograd.grad(y, [x, a] + [q for f in fast for q in f.parameters()], g)
     x, a = x0.clone().requires_grad_(), a0.clone().requires_grad_()
     want_y = torch.cat([p(x) * a[m] for m, p in enumerate(plain)], dim=1)
@@ -115,3 +120,23 @@ def test_network_batches_edges_and_computes_the_same(monkeypatch, activation):
         assert rel(got, want) < 1e-10
     for key, value in nets[1].state_dict().items():
         assert torch.allclose(nets[0].state_dict()[key].double(), value.double(), rtol=0, atol=1e-12), key
+
+
+def test_op_groups_put_one_family_s_consecutive_ops_together():
+    from darts.space import PRIMITIVES
+    from darts.supernet import op_groups
+
+    assert op_groups(PRIMITIVES) == [[0], [1], [2], [3], [4, 5], [6, 7]]
+    assert op_groups(PRIMITIVES[1:]) == [[0], [1], [2], [3, 4], [5, 6]]  # CRB: no `none`
+    # not consecutive: merging would change the order in which a node adds its inputs
+    assert op_groups(("sep_conv_3x3", "max_pool_3x3", "sep_conv_5x5")) == [[0], [1], [2]]
+
+
+def test_batchable_counts_the_per_edge_output_size():
+    """A stride-2 op's output is a quarter of its input: a reduction cell's inputs batch
+    at 4× the map size of a normal cell's."""
+    x = torch.zeros(1, 4, 2, edgebatch.MAX_NUMEL // 4)  # MAX_NUMEL · 2 values
+    assert edgebatch.batchable(ops.build_op("sep_conv_3x3", 4, 2, True), x, 2)
+    assert edgebatch.batchable(ops.build_op("skip_connect", 4, 2, True), x, 2)  # FactorizedReduce
+    assert not edgebatch.batchable(ops.build_op("sep_conv_3x3", 4, 1, True), x, 2)
+    assert not edgebatch.batchable(ops.build_op("dil_conv_3x3", 4, 2, True), x, 1)

@@ -11,7 +11,7 @@ from torch import nn
 
 from darts.evalnet import EvalNetwork
 from darts.space import DARTS_V2
-from darts.train import RetrainConfig, Retrainer, cosine_lr, evaluate
+from darts.train import RetrainConfig, Retrainer, clip_grad_norm, cosine_lr, evaluate, sgd
 
 N_CLASSES = 4
 
@@ -194,3 +194,29 @@ def test_validate_exact_message_and_from_dict():
         RetrainConfig.from_dict({"epoch": 10})
     with pytest.raises(ValueError, match="retrain.epochs"):
         Retrainer(linear_net(), RetrainConfig(epochs=0))
+
+
+def test_fused_sgd_and_foreach_clipping_update_as_the_plain_loops():
+    """darts.train.sgd (fused) + clip_grad_norm (foreach) = torch's plain SGD + clip_grad_norm_,
+    step for step, and the returned norm is the one before clipping."""
+    torch.manual_seed(0)
+    shapes = [(16, 8, 3, 3), (16,), (10, 16), (1,)]
+    fast = [torch.randn(s, requires_grad=True) for s in shapes]
+    plain = [p.detach().clone().requires_grad_() for p in fast]
+    opt_fast = sgd(fast, 0.1, 0.9, 3e-4)
+    assert opt_fast.defaults["fused"]
+    opt_plain = torch.optim.SGD(plain, lr=0.1, momentum=0.9, weight_decay=3e-4, foreach=False)
+    for step in range(3):
+        grads = [torch.randn(s) * (10 if step == 1 else 0.01) for s in shapes]  # step 1 gets clipped
+        for ps in (fast, plain):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+        total = torch.cat([g.flatten() for g in grads]).norm()
+        norm_fast = clip_grad_norm(fast, 5.0)
+        norm_plain = nn.utils.clip_grad_norm_(plain, 5.0, foreach=False)
+        assert torch.allclose(norm_fast, total, rtol=1e-6) and torch.allclose(norm_plain, total, rtol=1e-6)
+        opt_fast.step()
+        opt_plain.step()
+        for a, b in zip(fast, plain):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not sgd(plain, 0.1, 0.9, 3e-4, fast=False).defaults["fused"]
