@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .history import History
 from .supernet import SearchNetwork
-from .train import autocast, clip_grad_norm, sgd
+from .train import autocast, clip_grad_norm, frozen_gc, sgd
 
 
 class NonFiniteError(RuntimeError):
@@ -183,6 +183,10 @@ class Searcher:
         then consistent mid-epoch (streams, accumulators) and `state_dict()` resumes exactly.
         Loss sums and the first non-finite step stay on the device: no host sync per step.
         """
+        with frozen_gc():
+            return self._run_epoch(on_step, should_stop)
+
+    def _run_epoch(self, on_step, should_stop) -> dict | None:
         if self._acc is None:
             self._acc = self._fresh_accumulators()
         acc = self._acc

@@ -8,6 +8,8 @@ epoch so the loop never waits on the accelerator mid-epoch.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import time
 from collections.abc import Iterable, Sized
@@ -88,6 +90,25 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+@contextlib.contextmanager
+def frozen_gc():
+    """Leave every object alive on entry (model, optimizer state, data) out of Python's cyclic
+    garbage collections until exit (``gc.freeze``; ``gc.unfreeze`` puts them back).
+
+    A training step creates thousands of short-lived objects (autograd nodes, tensors), so
+    the collector runs often, and its older generations walk every module, parameter and
+    buffer: at the benchmark's tiny size that took 23 ms of a 250 ms search iteration
+    (measured with ``gc.callbacks``). Nothing changes in what is computed or freed:
+    reference counting frees the steps' objects as before, and cycles made inside the
+    loop are still collected.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def sgd(params, lr: float, momentum: float, weight_decay: float, fast: bool = True) -> torch.optim.SGD:
     """SGD with momentum and weight decay; ``fast``: torch's fused kernel where it has one.
 
@@ -165,6 +186,11 @@ class Retrainer:
         true between steps, returns None with the epoch's partial sums kept in the state,
         so a checkpoint taken then resumes mid-epoch exactly (given the same batches).
         """
+        with frozen_gc():
+            return self._train_epoch(batches, should_stop)
+
+    def _train_epoch(self, batches: Iterable[Batch],
+                     should_stop: Callable[[], bool] | None) -> dict[str, float] | None:
         if self.done:
             raise RuntimeError(f"all {self.cfg.epochs} epochs are already trained; nothing to resume")
         start = time.perf_counter()

@@ -220,3 +220,24 @@ def test_fused_sgd_and_foreach_clipping_update_as_the_plain_loops():
         for a, b in zip(fast, plain):
             assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     assert not sgd(plain, 0.1, 0.9, 3e-4, fast=False).defaults["fused"]
+
+
+def test_training_loops_keep_live_objects_out_of_gc_collections():
+    """Inside an epoch (search and retrain) everything alive at its start is frozen out of the
+    cyclic collector; afterwards, and after an exception, nothing is left frozen."""
+    import gc
+
+    from test_history import _searcher
+
+    from darts.train import frozen_gc
+
+    frozen = []
+    trainer = Retrainer(tiny_net(), cfg(epochs=1), on_step=lambda *a: frozen.append(gc.get_freeze_count()))
+    trainer.train_epoch(toy_batches(2))
+    searcher = _searcher(epochs=1)
+    searcher.run_epoch(lambda *a: frozen.append(gc.get_freeze_count()))
+    assert len(frozen) == 2 + 4 and min(frozen) > 1000  # the model's modules and tensors at least
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), frozen_gc():
+        raise RuntimeError("stop")
+    assert gc.get_freeze_count() == 0
