@@ -221,10 +221,10 @@ class Shared:
 
 
 class _Mixable:
-    def mixed(self, src, scale: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+    def mixed(self, src, scale: torch.Tensor, acc: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
         """acc + α·op(x) as the search network computes it: ``darts.supernet.mixed_op``."""
         from .supernet import mixed_op  # that module imports this one
-        return mixed_op(self, src, scale, acc)
+        return mixed_op(self, src, scale, acc, inplace)
 
 
 class ReLUConvBN(nn.Sequential):

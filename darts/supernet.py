@@ -20,14 +20,25 @@ from .space import N_INPUTS, N_NODES, edges
 CELL_TYPES = ("normal", "reduce")
 
 
-def accumulate(acc: torch.Tensor | None, y: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """acc + y·scale (scale (C,) broadcast over channels), in one pass where possible."""
+def accumulate(acc: torch.Tensor | None, y: torch.Tensor, scale: torch.Tensor | None = None,
+               inplace: bool = False) -> torch.Tensor:
+    """acc + y·scale (scale (C,) broadcast over channels), in one pass where possible.
+
+    ``inplace``: add into ``acc``, which the caller made with an earlier out-of-place add (so
+    no autograd node saved it and it is no view): on 32×32 maps, where the search step is
+    bound by memory bandwidth, a node's ~20 partial sums then stay in one hot buffer instead
+    of each filling a fresh one. Same values, same order."""
     if scale is not None:
-        return y * scale.view(1, -1, 1, 1) if acc is None else torch.addcmul(acc, y, scale.view(1, -1, 1, 1))
-    return y if acc is None else acc + y
+        if acc is None:
+            return y * scale.view(1, -1, 1, 1)
+        return acc.addcmul_(y, scale.view(1, -1, 1, 1)) if inplace else torch.addcmul(acc, y, scale.view(1, -1, 1, 1))
+    if acc is None:
+        return y
+    return acc.add_(y) if inplace else acc + y
 
 
-def mixed_op(op: nn.Module, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None) -> torch.Tensor:
+def mixed_op(op: nn.Module, src: Shared, scale: torch.Tensor, acc: torch.Tensor | None,
+             inplace: bool = False) -> torch.Tensor:
     """``acc`` + scale · op(src.x), with ``scale`` (the op's α, as a (C,) vector) folded into
     the op's last BatchNorm where it has one, and the ReLU/pooling/dilation rearrangement
     of ``src`` shared with every other op of every edge leaving the same state.
@@ -38,25 +49,26 @@ def mixed_op(op: nn.Module, src: Shared, scale: torch.Tensor, acc: torch.Tensor 
     pass would give (live ops of one state have seen the same batches since the start).
     """
     if isinstance(op, SepConv):
-        return accumulate(acc, op[1].after_relu(F.relu(op[0].after_relu(src.relu)), scale))
+        return accumulate(acc, op[1].after_relu(F.relu(op[0].after_relu(src.relu)), scale), None, inplace)
     if isinstance(op, DilConv):
         dw = op[1]
         plan = dilation_plan(src.x, dw.kernel_size[0], dw.stride[0], dw.padding[0], dw.dilation[0])
-        return accumulate(acc, op.after_relu(src.relu, scale, None if plan is None else src.dilation_input(plan)))
+        y = op.after_relu(src.relu, scale, None if plan is None else src.dilation_input(plan))
+        return accumulate(acc, y, None, inplace)
     if isinstance(op, FactorizedReduce):
-        return accumulate(acc, op.after_relu(src.relu, scale))
+        return accumulate(acc, op.after_relu(src.relu, scale), None, inplace)
     if isinstance(op, Identity):
-        return accumulate(acc, src.x, scale)
+        return accumulate(acc, src.x, scale, inplace)
     if not isinstance(op, Pool):
         raise TypeError(f"the search network cannot mix a {type(op).__name__}")
     pooled, bn = src.get(op.key, lambda: op[0](src.x)), op[1]
     if not (bn.training and bn.track_running_stats):
-        return accumulate(acc, batch_norm(bn, pooled, scale))
+        return accumulate(acc, batch_norm(bn, pooled, scale), None, inplace)
     first_bn, out = src.get(op.key + ("bn",), lambda: (bn, batch_norm(bn, pooled)))
     if first_bn is not bn:
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             getattr(bn, name).copy_(getattr(first_bn, name))
-    return accumulate(acc, out, scale)
+    return accumulate(acc, out, scale, inplace)
 
 
 class MixedEdge(nn.Module):
@@ -118,6 +130,7 @@ class SearchCell(nn.Module):
         scale_rows = w.reshape(n_edges * n_ops, 1).expand(n_edges * n_ops, self.channels)
         scales = scale_rows.contiguous().unbind(0)
         totals: list[torch.Tensor | None] = [None] * N_NODES
+        owned = [False] * N_NODES  # totals[i] was made by an out-of-place add here: add into it
         for j in range(N_INPUTS + N_NODES - 1):
             if j >= N_INPUTS:
                 states.append(Shared(self._finish_node(j - N_INPUTS, totals[j - N_INPUTS], states[1].x)))
@@ -131,10 +144,10 @@ class SearchCell(nn.Module):
                     idx = torch.tensor([i for i, _ in live], device=w.device)
                     y = forward_many(ops, src.relu, scale_rows.index_select(0, idx).reshape(-1), src.plan_input)
                     for (_, node), part in zip(live, y.split(self.channels, dim=1)):
-                        totals[node] = accumulate(totals[node], part)
+                        totals[node], owned[node] = accumulate(totals[node], part, None, owned[node]), totals[node] is not None
                 else:
                     for op, (i, node) in zip(ops, live):
-                        totals[node] = op.mixed(src, scales[i], totals[node])
+                        totals[node], owned[node] = op.mixed(src, scales[i], totals[node], owned[node]), totals[node] is not None
         states.append(Shared(self._finish_node(N_NODES - 1, totals[-1], states[1].x)))
         out = torch.cat([s.x for s in states[N_INPUTS:]], dim=1)
         if out.requires_grad and out.device.type == "cpu":

@@ -155,3 +155,33 @@ def test_eval_mode_forward_and_double():
     with torch.no_grad():
         out = net(x.double())
     assert out.shape == (4, 5) and out.dtype == torch.float64 and torch.isfinite(out).all()
+
+
+def test_node_sums_added_in_place_give_bit_identical_results(monkeypatch):
+    """A node's partial sums are added into one buffer after the first out-of-place add:
+    the same values in the same order, so output, gradients (α and weights) and the
+    running statistics are bitwise those of all-out-of-place sums (at 32×32 maps too, where
+    nothing is batched and every op goes through ``mixed_op``)."""
+    import darts.supernet as supernet
+
+    real = supernet.accumulate
+    calls = []
+
+    def counted(acc, y, scale=None, inplace=False):
+        calls.append(inplace)
+        return real(acc, y, scale, inplace)
+
+    results = []
+    for mode in ("inplace", "out-of-place"):
+        net = tiny(CRB(), seed=3, C=8)
+        x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        monkeypatch.setattr(supernet, "accumulate", counted if mode == "inplace"
+                            else lambda acc, y, scale=None, inplace=False: real(acc, y, scale, False))
+        out = net(x)
+        grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+        results.append((out, grads, [b.clone() for b in net.buffers()]))
+    assert sum(calls) > len(calls) // 2  # most adds went in place
+    (out_a, grads_a, bufs_a), (out_b, grads_b, bufs_b) = results
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert all(torch.equal(a, b) for a, b in zip(bufs_a, bufs_b))
