@@ -68,56 +68,7 @@ def depthwise_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, 
     if plan is not None:
         y = depthwise_conv(dilation_input(x, plan) if prepared is None else prepared, w, 1, padding // 2, 1)
         return y if plan == "even" else _unphase(y)
-    if (k == 5 and stride == 1 and dilation == 1 and x.device.type == "cpu" and x.numel() >= 1 << 17
-            and torch.is_grad_enabled()):  # no autograd (inference mode): the plain forward is as fast
-        if not w.requires_grad:
-            return _Depthwise5x5.apply(x, w, padding, None)
-        # a view: the engine can say whether a non-leaf node runs (for a leaf under
-        # autograd.grad it cannot), and its node must be taken here, with grad mode on
-        w = w.view_as(w)
-        return _Depthwise5x5.apply(x, w, padding, torch.autograd.graph.get_gradient_edge(w).node)
     return F.conv2d(x, w, None, stride, padding, dilation, c)
-
-
-class _Depthwise5x5(torch.autograd.Function):
-    """Stride-1 5×5 depthwise convolution whose weight gradient is made of 3×3 ones.
-
-    oneDNN's jit_dw weight-gradient kernel exists for 3×3 only; 5×5 falls back to a dense
-    blocked kernel 1.3–3.3× slower (4.5 vs 1.4 ms at 64×16×32×32). The zero-padded 6×6
-    kernel is four 3×3 blocks, so the weight gradient is four 3×3 weight gradients of
-    shifted input windows. It is computed only if this backward pass uses it (the α step
-    asks for α gradients alone), which autograd's engine tells of ``w_node``, the autograd
-    node ``w`` came from (None: ``w`` needs no gradient). It is passed in because grad
-    mode is off inside ``forward``: taken there it was always None, and the weight
-    gradient was silently never computed.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w, padding: int, w_node):
-        ctx.save_for_backward(x, w)
-        ctx.padding = padding
-        ctx.w_node = w_node
-        return F.conv2d(x, w, None, 1, padding, 1, x.shape[1])
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        p, c, conv_bwd = ctx.padding, x.shape[1], torch.ops.aten.convolution_backward
-        if torch.is_grad_enabled():  # create_graph: differentiate the plain convolution
-            need = [t for t, n in zip((x, w), ctx.needs_input_grad) if n]
-            grads = iter(torch.autograd.grad(F.conv2d(x, w, None, 1, p, 1, c), need, g, create_graph=True))
-            return tuple(next(grads) if n else None for n in ctx.needs_input_grad[:2]) + (None, None)
-        args = ([1, 1], [p, p], [1, 1], False, [0, 0], c)
-        gx = conv_bwd(g, x, w, None, *args, [True, False, False])[0] if ctx.needs_input_grad[0] else None
-        if ctx.w_node is None or not torch._C._will_engine_execute_node(ctx.w_node):
-            return gx, None, None, None
-        xp, h, wd = F.pad(x, (p, p + 1, p, p + 1)), g.shape[-2], g.shape[-1]
-        gw, w3 = w.new_zeros(w.shape[0], 1, 6, 6), w.new_empty(w.shape[0], 1, 3, 3)  # e·C rows: depth multiplier
-        for a in (0, 3):
-            for b in (0, 3):
-                gw[:, :, a:a + 3, b:b + 3] = conv_bwd(g, xp[:, :, a:a + h + 2, b:b + wd + 2], w3, None, [1, 1],
-                                                      [0, 0], *args[2:], [False, True, False])[1]
-        return gx, gw[:, :, :5, :5], None, None
 
 
 class _RowBatchNorm(torch.autograd.Function):

@@ -68,31 +68,6 @@ def test_forward_many_matches_each_edge_alone(names, stride, side, training):
             assert torch.allclose(f.state_dict()[key].double(), value.double(), rtol=0, atol=1e-12), key
 
 
-def test_depth_multiplier_5x5_path_matches_plain_convolution(monkeypatch):
-    """Large enough for darts.ops._Depthwise5x5 with e·C weights (a depth multiplier)."""
-    torch.manual_seed(12)
-    c, e = 16, 2
-    fast = [ops.build_op("sep_conv_5x5", c, 1, True).double() for _ in range(e)]
-    plain = [ref.build_op("sep_conv_5x5", c, 1, True).double() for _ in range(e)]
-    for f, p in zip(fast, plain):
-        p.load_state_dict(f.state_dict())
-    x0 = torch.randn(8, c, 32, 32, dtype=torch.float64)  # 2^17 values: the 3×3-pieces weight gradient
-    calls = []
-    real = ops._Depthwise5x5.apply
-    monkeypatch.setattr(ops._Depthwise5x5, "apply", lambda *a: calls.append(1) or real(*a))
-    x = x0.clone().requires_grad_()
-    src = Shared(ops.to_fast_layout(x))
-    y = edgebatch.forward_many(fast, src.relu, torch.ones(e * c, dtype=torch.float64), src.plan_input)
-    got = torch.autograd.grad(y.square().sum(), [x] + [q for f in fast for q in f.parameters()])
-    x = x0.clone().requires_grad_()
-    want_y = torch.cat([p(x) for p in plain], dim=1)
-    want = torch.autograd.grad(want_y.square().sum(), [x] + [q for p in plain for q in p.parameters()])
-    assert len(calls) == 2  # both depthwise layers took that path
-    assert rel(y, want_y) < 1e-12
-    for got_g, want_g in zip(got, want):
-        assert rel(got_g, want_g) < 1e-10
-
-
 @pytest.mark.parametrize("activation", ["softmax", "crb"])
 def test_network_batches_edges_and_computes_the_same(monkeypatch, activation):
     """At tiny sizes the supernet does batch edges (so the paths above are what runs), and

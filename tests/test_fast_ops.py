@@ -75,9 +75,9 @@ class _CountWeightGrads(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("dilation", [1, 2])
-def test_depthwise_5x5_weight_gradient_from_3x3_pieces(dilation):
-    """Large enough for the 5×5 path (_Depthwise5x5): same values, the weight gradient
-    only computed when asked for, and exact under create_graph (double backward)."""
+def test_depthwise_5x5_matches_plain_convolution_on_large_maps(dilation):
+    """Same values as the plain grouped convolution, the weight gradient only computed
+    when asked for (the α step), and exact under create_graph (double backward)."""
     torch.manual_seed(7)
     x0 = torch.randn(8, 16, 32, 32).contiguous(memory_format=CL)
     w0 = torch.randn(16, 1, 5, 5)
@@ -98,9 +98,9 @@ def test_depthwise_5x5_weight_gradient_from_3x3_pieces(dilation):
 
 
 def test_depthwise_5x5_weight_gradient_reaches_the_weight():
-    """Regression: the 3×3-pieces path once never computed the weight gradient outside
-    create_graph (the autograd node was looked up with grad mode off), so ``backward()``
-    left 5×5 depthwise weights of large maps untrained."""
+    """Regression: a custom 5×5 path (since removed: it measured slower in the full step)
+    once never computed the weight gradient outside create_graph, so ``backward()`` left
+    5×5 depthwise weights of large maps untrained."""
     torch.manual_seed(8)
     x = torch.randn(8, 16, 32, 32).contiguous(memory_format=CL).requires_grad_()
     w, w_plain = torch.randn(16, 1, 5, 5, requires_grad=True), None
