@@ -10,6 +10,7 @@ is directly comparable with the numbers published by DARTS and its follow-ups
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from darts.ops import DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, build_op, to_fast_layout
@@ -30,7 +31,7 @@ def drop_path(x: Tensor, drop_prob: float) -> Tensor:
         return x
     keep_prob = 1.0 - drop_prob
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep_prob)
-    return x.div(keep_prob).mul(mask)
+    return x * mask.div_(keep_prob)  # one pass over x: the (N,1,1,1) mask is scaled instead
 
 
 class EvalCell(nn.Module):
@@ -77,9 +78,10 @@ def shared_forward(op: nn.Module, src: Shared) -> Tensor:
     """``op(src.x)``, with what several ops reading one state have in common computed once:
     relu(x) (DARTS_V2's normal cell feeds 3 sep_convs from one state), a dilated
     convolution's rearranged input, and a bare pool (its reduce cell max-pools one
-    state 3 times). Same math; drop-path comes after, per op."""
+    state 3 times). Same math; drop-path comes after, per op. The ReLU inside a sep_conv
+    works in place on its BatchNorm's output, which nothing else reads or saved."""
     if isinstance(op, SepConv):
-        return op[1](op[0].after_relu(src.relu))
+        return op[1].after_relu(F.relu(op[0].after_relu(src.relu), inplace=True))
     if isinstance(op, DilConv):
         dw = op[1]
         return op.after_relu(src.relu, None, src.plan_input(src.relu, dw.kernel_size[0], dw.stride[0],
