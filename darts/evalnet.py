@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from darts.ops import DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, build_op, to_fast_layout
+from darts.ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, as_shared, build_op,
+                       preprocess, to_fast_layout)
 from darts.space import N_INPUTS, Genotype
 
 STEM_MULTIPLIER = 3
@@ -55,8 +56,9 @@ class EvalCell(nn.Module):
             build_op(op, c, 2 if reduction and src < N_INPUTS else 1, search=False) for op, src in pairs
         )
 
-    def forward(self, s0: Tensor, s1: Tensor, drop_prob: float) -> Tensor:
-        states = [Shared(self.preprocess0(s0)), Shared(self.preprocess1(s1))]
+    def forward(self, s0: Tensor | Shared, s1: Tensor | Shared, drop_prob: float) -> Tensor:
+        states = [Shared(preprocess(self.preprocess0, as_shared(s0))),
+                  Shared(preprocess(self.preprocess1, as_shared(s1)))]
         for i in range(self.n_nodes):
             h = [self._edge(2 * i + k, states, drop_prob) for k in (0, 1)]
             states.append(Shared(h[0] + h[1]))
@@ -170,12 +172,12 @@ class EvalNetwork(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Return ``(logits, logits_aux)``; ``logits_aux`` only exists in training."""
         logits_aux = None
-        s0 = s1 = self.stem(x)
+        s0 = s1 = Shared(self.stem(x))  # Shared: the next two cells preprocess one relu(state)
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            s0, s1 = s1, Shared(cell(s0, s1, self.drop_path_prob))
             if i == self.aux_position and self.auxiliary_head is not None and self.training:
-                logits_aux = self.auxiliary_head(s1)
-        logits = self.classifier(self.global_pooling(s1).flatten(1))
+                logits_aux = self.auxiliary_head(s1.x)
+        logits = self.classifier(self.global_pooling(s1.x).flatten(1))
         return logits, logits_aux
 
 

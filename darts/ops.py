@@ -163,7 +163,7 @@ class Shared:
 
     @property
     def relu(self) -> torch.Tensor:
-        return self.get("relu", lambda: F.relu(self.x))
+        return self.get("relu", lambda: F.relu(to_fast_layout(self.x)))
 
     def dilation_input(self, plan: str) -> torch.Tensor:
         return self.get(("dilation", plan), lambda: dilation_input(self.relu, plan))
@@ -189,8 +189,11 @@ class ReLUConvBN(nn.Sequential):
                          nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
                          nn.BatchNorm2d(c_out, affine=affine))
 
+    def after_relu(self, r: torch.Tensor) -> torch.Tensor:
+        return batch_norm(self[2], self[1](r))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return batch_norm(self[2], self[1](F.relu(to_fast_layout(x))))
+        return self.after_relu(F.relu(to_fast_layout(x)))
 
 
 class DilConv(_Mixable, nn.Sequential):
@@ -277,6 +280,19 @@ class Pool(_Mixable, nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return batch_norm(self[1], self[0](x)) if len(self) > 1 else self[0](x)
+
+
+def as_shared(x: torch.Tensor | Shared) -> Shared:
+    return x if isinstance(x, Shared) else Shared(x)
+
+
+def preprocess(pre: nn.Module, s: Shared) -> torch.Tensor:
+    """A cell's input preprocessing ``pre(s.x)``, through the state's shared ReLU: a cell's
+    output is preprocessed by the next two cells (and the stem's by the first two cells'
+    three preprocessings), so relu(state) is computed once, not two or three times."""
+    if isinstance(pre, (ReLUConvBN, FactorizedReduce)):
+        return pre.after_relu(s.relu)
+    return pre(s.x)
 
 
 OpFactory = Callable[[int, int, bool], nn.Module]

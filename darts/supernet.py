@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .edgebatch import batchable, forward_many
-from .ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, batch_norm, build_op,
-                  dilation_plan, to_fast_layout)
+from .ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, as_shared, batch_norm,
+                  build_op, dilation_plan, preprocess, to_fast_layout)
 from .space import N_INPUTS, N_NODES, edges
 
 CELL_TYPES = ("normal", "reduce")
@@ -120,11 +120,12 @@ class SearchCell(nn.Module):
         # CRB: the edge weights no longer sum to 1, so each node sum is renormalised
         self.node_bn = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for _ in range(N_NODES)) if node_norm else None
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor, live_idx: list[list[int]]) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor | Shared, s1: torch.Tensor | Shared, w: torch.Tensor,
+                live_idx: list[list[int]]) -> torch.Tensor:
         """Source by source: once a state exists, every edge leaving it is computed, one op
         family (:func:`op_groups`) of all those edges as one (``darts.edgebatch``) where that pays. Each node
         still sums its inputs in (source, op) order, as an edge-by-edge pass would."""
-        states = [Shared(self.pre0(s0)), Shared(self.pre1(s1))]
+        states = [Shared(preprocess(self.pre0, as_shared(s0))), Shared(preprocess(self.pre1, as_shared(s1)))]
         n_edges, n_ops = w.shape
         # one (C,) scale per (edge, op), made by three autograd nodes instead of E·K indexings
         scale_rows = w.reshape(n_edges * n_ops, 1).expand(n_edges * n_ops, self.channels)
@@ -144,10 +145,12 @@ class SearchCell(nn.Module):
                     idx = torch.tensor([i for i, _ in live], device=w.device)
                     y = forward_many(ops, src.relu, scale_rows.index_select(0, idx).reshape(-1), src.plan_input)
                     for (_, node), part in zip(live, y.split(self.channels, dim=1)):
-                        totals[node], owned[node] = accumulate(totals[node], part, None, owned[node]), totals[node] is not None
+                        new = accumulate(totals[node], part, None, owned[node])
+                        totals[node], owned[node] = new, totals[node] is not None
                 else:
                     for op, (i, node) in zip(ops, live):
-                        totals[node], owned[node] = op.mixed(src, scales[i], totals[node], owned[node]), totals[node] is not None
+                        new = op.mixed(src, scales[i], totals[node], owned[node])
+                        totals[node], owned[node] = new, totals[node] is not None
         states.append(Shared(self._finish_node(N_NODES - 1, totals[-1], states[1].x)))
         out = torch.cat([s.x for s in states[N_INPUTS:]], dim=1)
         if out.requires_grad and out.device.type == "cpu":
@@ -239,11 +242,11 @@ class SearchNetwork(nn.Module):
     # --- forward --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights()
-        s0 = s1 = self.stem(to_fast_layout(x))  # channels-last on CPU from the stem on
-        for cell in self.cells:
+        s0 = s1 = Shared(self.stem(to_fast_layout(x)))  # channels-last on CPU from the stem on
+        for cell in self.cells:  # Shared: the next two cells preprocess one relu(state)
             t = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell(s0, s1, w[t], self._live_idx[t])
-        return self.classifier(self.pool(s1).flatten(1))
+            s0, s1 = s1, Shared(cell(s0, s1, w[t], self._live_idx[t]))
+        return self.classifier(self.pool(s1.x).flatten(1))
 
 
 def reduction_layers(layers: int) -> tuple[int, int]:

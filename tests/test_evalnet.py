@@ -143,7 +143,8 @@ def test_gradients_flow_through_aux_and_main():
 def test_ops_reading_one_state_share_its_relu_and_pools(monkeypatch):
     """DARTS_V2's reduce cell max-pools state 1 three times and state 0 twice: two pools per
     reduce cell; its normal cell feeds sep_convs from states 0 and 1: one ReLU per state
-    for them (drop-path still draws a mask per op)."""
+    for them (drop-path still draws a mask per op); a cell's output, preprocessed by the
+    next two cells, is ReLU'd once."""
     pools, relus = [], []
     real_pool, real_relu = torch.nn.MaxPool2d.forward, torch.nn.functional.relu
     monkeypatch.setattr(torch.nn.MaxPool2d, "forward", lambda self, x: pools.append(1) or real_pool(self, x))
@@ -154,6 +155,7 @@ def test_ops_reading_one_state_share_its_relu_and_pools(monkeypatch):
     net(torch.randn(4, 3, 16, 16))
     # layers=3: cell 0 normal, cells 1 and 2 reduce
     assert len(pools) == 2 * 2  # per reduce cell max_pool(s0) and max_pool(s1), not 5 pools
-    # normal cell: 2 preprocess + relu(s0), relu(s1), relu(s2) + 5 sep_convs' inner ReLU (13 unshared);
-    # each reduce cell: its 2 preprocess ReLUs
-    assert len(relus) == 2 + 3 + 5 + 2 * 2
+    # preprocessing: one ReLU per state preprocessed (the stem's output feeds 3 preprocessings,
+    # cell 0's output 2, cell 1's 1), not one per preprocessing (6); the normal cell: relu(s0),
+    # relu(s1), relu(s2) for its ops and the 5 sep_convs' inner ReLUs (13 unshared)
+    assert len(relus) == 3 + 3 + 5
