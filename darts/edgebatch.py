@@ -58,7 +58,7 @@ def forward_many(ops: list[nn.Module], relu_x: torch.Tensor, scale: torch.Tensor
     first = ops[0]
     if isinstance(first, SepConv):
         y = _dil_conv_many([op[0] for op in ops], relu_x, None, None, first_layer=True)
-        return _dil_conv_many([op[1] for op in ops], F.relu(y), scale, None, first_layer=False)
+        return _dil_conv_many([op[1] for op in ops], F.relu(y, inplace=True), scale, None, first_layer=False)
     if isinstance(first, DilConv):
         return _dil_conv_many(ops, relu_x, scale, prepared, first_layer=True)
     x = relu_x

@@ -94,8 +94,12 @@ class _RowBatchNorm(torch.autograd.Function):
             running_var.lerp_(var * (m / max(m - 1, 1)), momentum)
         ctx.save_for_backward(x, mean, invstd, scale)
         ctx.eps = eps
-        y = xc * a if bias is None else torch.addcmul(bias, xc, a)
-        return y.view(n, h, w, c).permute(0, 3, 1, 2)
+        # written into a channels-last tensor of its own, not returned as a view of a (N·H·W, C)
+        # matrix: a view made in a custom Function may not be changed in place (the ReLU after)
+        out = torch.empty_like(x)
+        y = out.permute(0, 2, 3, 1).view(-1, c)
+        torch.mul(xc, a, out=y) if bias is None else torch.addcmul(bias, xc, a, out=y)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
