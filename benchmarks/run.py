@@ -109,12 +109,18 @@ def main(argv: list[str] | None = None) -> None:
                          "(first-order search: driven by the public DARTS loop)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=0, help="timed steps (0: per-config default)")
+    ap.add_argument("--repeat", type=int, default=1, metavar="R",
+                    help="run each benchmark in R processes (fast and reference alternating) and "
+                         "report the median one: on a shared machine a process's speed varies by "
+                         "up to 25 %% with where it lands")
     ap.add_argument("--e2e", action="store_true", help="also time `dvc repro` of the quick study")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each benchmark wait up to S seconds for the CPUs to be idle")
     ap.add_argument("--list", action="store_true", help="print the config names and exit")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        sys.exit(f"--repeat must be at least 1, got {args.repeat}")
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))), flush=True)
         return
@@ -128,21 +134,42 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(machine_line()), flush=True)
     impls = ("fast", "reference") if args.impl == "both" else (args.impl,)
     for name in names:
-        for impl in impls if cfgs[name]["kind"] in ("search", "eval") else ("-",):
-            spec = dict(cfgs[name], config=name, impl=impl, threads=args.threads, steps=args.steps)
-            waited = wait_until_idle(args.wait_idle) if args.wait_idle else 0.0
-            rc, out, err = _run_worker(spec)
-            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-            if rc or not lines:
-                err = (err.strip().splitlines() or ["?"])[-1]
-                print(json.dumps({"bench": cfgs[name]["kind"], "config": name, "impl": impl, "error": err}),
-                      flush=True)
-            else:
-                row = json.loads(lines[-1])
+        kinds = impls if cfgs[name]["kind"] in ("search", "eval") else ("-",)
+        runs: dict[str, list[dict]] = {impl: [] for impl in kinds}
+        for _ in range(args.repeat):
+            for impl in kinds:
+                spec = dict(cfgs[name], config=name, impl=impl, threads=args.threads, steps=args.steps)
+                waited = wait_until_idle(args.wait_idle) if args.wait_idle else 0.0
+                row = _one_run(cfgs[name]["kind"], spec)
                 if waited:
                     row["waited_for_idle_s"] = round(waited, 1)
-                print(json.dumps(row), flush=True)
+                runs[impl].append(row)
+        for impl in kinds:
+            print(json.dumps(median_run(runs[impl])), flush=True)
 
+
+def _one_run(kind: str, spec: dict) -> dict:
+    rc, out, err = _run_worker(spec)
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if rc or not lines:
+        err = (err.strip().splitlines() or ["?"])[-1]
+        return {"bench": kind, "config": spec["config"], "impl": spec["impl"], "error": err}
+    return json.loads(lines[-1])
+
+
+def median_run(rows: list[dict]) -> dict:
+    """The run with the median time (the faster middle one for an even count), with every run's
+    time in ``runs_seconds``; an error if any run failed."""
+    failed = [r for r in rows if "error" in r]
+    if failed or len(rows) == 1:
+        return failed[0] if failed else rows[0]
+    key = "seconds_per_step" if "seconds_per_step" in rows[0] else "seconds" if "seconds" in rows[0] else None
+    if key is None:
+        return rows[0]
+    ranked = sorted(rows, key=lambda r: r[key])
+    best = dict(ranked[(len(rows) - 1) // 2])
+    best["runs_seconds"] = [r[key] for r in rows]
+    return best
 
 if __name__ == "__main__":
     main()

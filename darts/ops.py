@@ -210,6 +210,18 @@ class DilConv(_Mixable, nn.Sequential):
                                    groups=c_in, bias=False),
                          nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out, affine=affine))
 
+    @property
+    def dw(self) -> nn.Conv2d:  # self[1] without Sequential's slow indexing (hot in darts.edgebatch)
+        return self._modules["1"]
+
+    @property
+    def pw(self) -> nn.Conv2d:
+        return self._modules["2"]
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self._modules["3"]
+
     def after_relu(self, r: torch.Tensor, scale=None, prepared=None) -> torch.Tensor:
         dw = self[1]
         y = depthwise_conv(r, dw.weight, dw.stride[0], dw.padding[0], dw.dilation[0], prepared)

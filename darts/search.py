@@ -194,10 +194,11 @@ class Searcher:
         n_steps = self.steps_per_epoch
         for x, y in self.train_stream.epoch_batches():
             took = self.schedule.alpha_step_due()
-            if took:
-                self.alpha_step((x, y))
-                acc["alpha_steps"] += 1
-            loss, correct, norm = self.w_step(x, y)
+            with self.net.reusing_packs():  # both steps' forwards share one packing of the weights
+                if took:
+                    self.alpha_step((x, y))
+                    acc["alpha_steps"] += 1
+                loss, correct, norm = self.w_step(x, y)  # its last act: the (fused) weight update
             fisher = None
             if self.schedule.needs_fisher:
                 fisher = float(norm) ** 2

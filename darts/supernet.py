@@ -8,11 +8,13 @@ copy of the live op indices per edge is refreshed by `refresh_live()` after an Î
 """
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .edgebatch import batchable, forward_many
+from .edgebatch import PackCache, batchable, forward_many
 from .ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, as_shared, batch_norm,
                   build_op, dilation_plan, preprocess, to_fast_layout)
 from .space import N_INPUTS, N_NODES, edges
@@ -120,6 +122,7 @@ class SearchCell(nn.Module):
         self.op_groups = op_groups(ops)
         # CRB: the edge weights no longer sum to 1, so each node sum is renormalised
         self.node_bn = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for _ in range(N_NODES)) if node_norm else None
+        self.packs = PackCache()  # batched ops' packed weights (SearchNetwork.reusing_packs)
 
     def forward(self, s0: torch.Tensor | Shared, s1: torch.Tensor | Shared, w: torch.Tensor,
                 live_idx: list[list[int]]) -> torch.Tensor:
@@ -144,7 +147,8 @@ class SearchCell(nn.Module):
                 ops = [self.edges[i // n_ops].ops[i % n_ops] for i, _ in live]
                 if batchable(ops[0], src.x, len(ops)):
                     idx = torch.tensor([i for i, _ in live], device=w.device)
-                    y = forward_many(ops, src.relu, scale_rows.index_select(0, idx).reshape(-1), src.plan_input)
+                    y = forward_many(ops, src.relu, scale_rows.index_select(0, idx).reshape(-1), src.plan_input,
+                                     self.packs)
                     for (_, node), part in zip(live, y.split(self.channels, dim=1)):
                         new = accumulate(totals[node], part, None, owned[node])
                         totals[node], owned[node] = new, totals[node] is not None
@@ -239,6 +243,17 @@ class SearchNetwork(nn.Module):
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self.refresh_live()
         return result
+
+    @contextmanager
+    def reusing_packs(self):
+        """Within the block, the weights of batched edges (``darts.edgebatch``) are packed once
+        and reused by every forward until a weight changes in place or is swapped; a weight
+        update that torch does not register (fused optimizers, ``.data``) must come last."""
+        with ExitStack() as stack:
+            for cell in self.cells:
+                if isinstance(cell, SearchCell):
+                    stack.enter_context(cell.packs.reusing())
+            yield
 
     # --- forward --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

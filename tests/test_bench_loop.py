@@ -92,3 +92,15 @@ def test_benchmark_row_says_which_loop_ran(monkeypatch):
     spec = {"size": "tiny", "activation": "softmax", "config": "tiny", "steps": 1}
     assert search_bench.run(dict(spec, impl="reference"))["loop"] == "public"
     assert search_bench.run(dict(spec, impl="fast"))["loop"] == "ours"
+
+
+def test_repeated_runs_report_the_median_process():
+    from benchmarks.run import main, median_run
+    rows = [{"seconds_per_step": s, "peak_rss_mb": s * 10} for s in (0.3, 0.1, 0.2)]
+    best = median_run(rows)
+    assert best["seconds_per_step"] == 0.2 and best["peak_rss_mb"] == 2.0  # one real run's row
+    assert best["runs_seconds"] == [0.3, 0.1, 0.2]
+    assert median_run(rows[:2])["seconds_per_step"] == 0.1  # even count: the faster middle one
+    assert "error" in median_run(rows + [{"error": "boom"}])
+    with pytest.raises(SystemExit, match="--repeat must be at least 1, got 0"):
+        main(["--repeat", "0", "--config", "tiny"])
