@@ -185,3 +185,20 @@ def test_node_sums_added_in_place_give_bit_identical_results(monkeypatch):
     assert torch.equal(out_a, out_b)
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
     assert all(torch.equal(a, b) for a, b in zip(bufs_a, bufs_b))
+
+
+def test_pruning_after_a_forward_drops_the_op_from_the_next_forward():
+    """Each cell keeps its per-source plan of live ops between forwards: pruning must renew it."""
+    net = tiny(CRB(), seed=3)
+    x, _ = batch()
+    net(x)  # the plan with every op live
+    op = net.cells[0].edges[0].ops[3]
+    with torch.no_grad():
+        net.alpha_normal[0, 3] = -0.1
+    assert net.prune()["normal"][0, 3]
+    calls = count_calls({"pruned": op, "live": net.cells[0].edges[0].ops[4]})
+    out = net(x)
+    assert calls["pruned"] == 0 and calls["live"] >= 1
+    fresh = tiny(CRB(), seed=3)  # never ran a forward: plans from the loaded state
+    fresh.load_state_dict(net.state_dict())
+    assert torch.equal(fresh(x), out)
