@@ -222,14 +222,15 @@ def _batch_norm_many(bns: list[nn.BatchNorm2d], x: torch.Tensor, scale: torch.Te
     """
     bn = bns[0]
     track = bn.track_running_stats
-    rm = torch.cat([b.running_mean for b in bns]) if track else None
-    rv = torch.cat([b.running_var for b in bns]) if track else None
+    means, variances = ([b.running_mean for b in bns], [b.running_var for b in bns]) if track else ((), ())
+    rm = torch.cat(means) if track else None
+    rv = torch.cat(variances) if track else None
     use_batch = bn.training or not track
     y = batch_norm_function(x.contiguous(memory_format=CL), rm, rv, None if scale is None else scale.contiguous(),
                             None, use_batch, bn.momentum, bn.eps)
     if track and bn.training:
         c = bn.num_features
-        torch._foreach_copy_([b.running_mean for b in bns], list(rm.split(c)))
-        torch._foreach_copy_([b.running_var for b in bns], list(rv.split(c)))
+        torch._foreach_copy_(means, list(rm.split(c)))
+        torch._foreach_copy_(variances, list(rv.split(c)))
         torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
     return y
