@@ -44,7 +44,7 @@ def batchable(op: nn.Module, x: torch.Tensor, n_edges: int) -> bool:
     counts is the per-edge output, x's at stride 1, a quarter of it at stride 2."""
     if n_edges < 2 or x.device.type != "cpu" or not isinstance(op, (SepConv, DilConv, FactorizedReduce)):
         return False
-    stride = 2 if isinstance(op, FactorizedReduce) else (op[0][1] if isinstance(op, SepConv) else op[1]).stride[0]
+    stride = 2 if isinstance(op, FactorizedReduce) else (op[0].dw if isinstance(op, SepConv) else op.dw).stride[0]
     return x.numel() // (stride * stride) <= MAX_NUMEL
 
 

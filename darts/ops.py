@@ -223,9 +223,9 @@ class DilConv(_Mixable, nn.Sequential):
         return self._modules["3"]
 
     def after_relu(self, r: torch.Tensor, scale=None, prepared=None) -> torch.Tensor:
-        dw = self[1]
+        dw = self.dw
         y = depthwise_conv(r, dw.weight, dw.stride[0], dw.padding[0], dw.dilation[0], prepared)
-        return batch_norm(self[3], F.conv2d(y, self[2].weight), scale)
+        return batch_norm(self.bn, F.conv2d(y, self.pw.weight), scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.after_relu(F.relu(x))

@@ -54,7 +54,7 @@ def mixed_op(op: nn.Module, src: Shared, scale: torch.Tensor, acc: torch.Tensor 
         # the inner ReLU in place: its input, a BatchNorm output, is read by nothing else
         return accumulate(acc, op[1].after_relu(F.relu(op[0].after_relu(src.relu), inplace=True), scale), None, inplace)
     if isinstance(op, DilConv):
-        dw = op[1]
+        dw = op.dw
         plan = dilation_plan(src.x, dw.kernel_size[0], dw.stride[0], dw.padding[0], dw.dilation[0])
         y = op.after_relu(src.relu, scale, None if plan is None else src.dilation_input(plan))
         return accumulate(acc, y, None, inplace)
