@@ -171,5 +171,6 @@ def median_run(rows: list[dict]) -> dict:
     best["runs_seconds"] = [r[key] for r in rows]
     return best
 
+
 if __name__ == "__main__":
     main()
