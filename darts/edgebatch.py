@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import CL, DilConv, FactorizedReduce, SepConv, batch_norm_function, depthwise_conv
+from .depthwise import depthwise_conv
+from .ops import CL, DilConv, FactorizedReduce, SepConv, batch_norm_function
 
 #: batch edges only where calls dominate: per-edge output maps (N·C·H'·W') of at most this
 #: many values. Measured per cell, forward + backward, 2 threads: at 32×4×16×16 (the tiny and

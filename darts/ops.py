@@ -4,7 +4,7 @@ Every op maps (N, C, H, W) -> (N, C, H/stride, W/stride). Search-network ops hav
 ``affine=False`` and a BN after pools; the evaluation network's have affine BN, bare pools.
 Modules and state_dict keys are the plain formulation's (benchmarks/reference.py, pinned to
 this one by tests/test_fast_ops.py); the math is the same, arranged for oneDNN on CPU:
-undilated depthwise convolutions (:func:`depthwise_conv`), channels-last from the cell
+depthwise convolutions whose backward is fast (``darts.depthwise``), channels-last from the cell
 inputs on (avoiding ops whose backward returns NCHW gradients), a row-wise BatchNorm where
 torch's NHWC one is slow. The search network's weighted sum is in darts.supernet.mixed_op.
 """
@@ -16,59 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .depthwise import depthwise_conv, dilation_input, dilation_plan
+
 CL = torch.channels_last
 
 
 def to_fast_layout(x: torch.Tensor) -> torch.Tensor:
     """Channels-last on CPU (a no-op when it already is); untouched elsewhere."""
     return x.contiguous(memory_format=CL) if x.device.type == "cpu" else x
-
-
-def _phases(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (4N, C, H/2, W/2) channels-last: the four pixel phases, stacked in batch."""
-    n, c, h, w = x.shape
-    y = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).permute(2, 4, 0, 1, 3, 5)
-    return y.reshape(4 * n, h // 2, w // 2, c).permute(0, 3, 1, 2)
-
-
-def _unphase(y: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_phases` (channels-last result)."""
-    n4, c, h, w = y.shape
-    z = y.permute(0, 2, 3, 1).reshape(2, 2, n4 // 4, h, w, c).permute(2, 3, 0, 4, 1, 5)
-    return z.reshape(n4 // 4, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
-
-
-def dilation_plan(x: torch.Tensor, k: int, stride: int, padding: int, dilation: int) -> str | None:
-    """How :func:`depthwise_conv` rearranges a dilation-2 "same" convolution, if it does."""
-    if x.device.type != "cpu" or dilation != 2 or padding != k - 1:
-        return None
-    return "even" if stride == 2 else "phases" if x.shape[-1] % 2 == 0 == x.shape[-2] % 2 else None
-
-
-def dilation_input(x: torch.Tensor, plan: str) -> torch.Tensor:
-    """The rearranged input for ``plan`` (shareable by every conv reading the same x)."""
-    # a 1×1 average pool reads x[:, :, ::2, ::2]; unlike the slice, its backward stays NHWC
-    return F.avg_pool2d(to_fast_layout(x), 1, 2) if plan == "even" else _phases(x)
-
-
-def depthwise_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, dilation: int,
-                   prepared: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.conv2d(x, w, stride, padding, dilation, groups=C)``, arranged so CPU backward is fast.
-
-    A dilation-2 "same" convolution (padding k − 1) only combines pixels of one parity
-    phase, so it is an undilated convolution (padding (k−1)/2) of each of the four phases;
-    at stride 2 only phase (0, 0) is read: an undilated convolution of x[:, :, ::2, ::2].
-    Same products and sums, other memory order. oneDNN's fast (jit_dw) backward exists
-    only for undilated depthwise convolutions, so 20–100 ms backward passes become ~1 ms.
-    ``prepared`` = ``dilation_input(x, plan)``, computed once for all convs reading x.
-    Elsewhere than CPU (cuDNN handles dilation well) this is the plain call.
-    """
-    c, k = x.shape[1], w.shape[-1]
-    plan = dilation_plan(x, k, stride, padding, dilation)
-    if plan is not None:
-        y = depthwise_conv(dilation_input(x, plan) if prepared is None else prepared, w, 1, padding // 2, 1)
-        return y if plan == "even" else _unphase(y)
-    return F.conv2d(x, w, None, stride, padding, dilation, c)
 
 
 class _RowBatchNorm(torch.autograd.Function):

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .depthwise import dilation_plan
 from .edgebatch import PackCache, batchable, forward_many
 from .ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, as_shared, batch_norm,
-                  build_op, dilation_plan, preprocess, to_fast_layout)
+                  build_op, preprocess, to_fast_layout)
 from .space import N_INPUTS, N_NODES, edges
 
 CELL_TYPES = ("normal", "reduce")

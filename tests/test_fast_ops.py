@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder, not an insta
 
 from benchmarks import reference as ref  # noqa: E402
 from benchmarks.search_bench import prune_half  # noqa: E402
-from darts import ops  # noqa: E402
+from darts import depthwise, ops  # noqa: E402
 from darts.supernet import Shared, mixed_op  # noqa: E402
 from darts.activations import CRB, Softmax  # noqa: E402
 from darts.supernet import SearchNetwork  # noqa: E402
@@ -39,7 +39,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
-@pytest.mark.parametrize("size", [16, 15])
+@pytest.mark.parametrize("size", [16, 15, 17])
 @pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 1), (3, 2), (5, 2)])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_conv_matches_grouped_conv(stride, kernel, dilation, size, layout):
@@ -51,7 +51,7 @@ def test_depthwise_conv_matches_grouped_conv(stride, kernel, dilation, size, lay
         x0 = x0.contiguous(memory_format=CL)
     w0 = torch.randn(c, 1, kernel, kernel)
     outs = []
-    for fn in (ops.depthwise_conv, lambda x, w, s, p, d: F.conv2d(x, w, None, s, p, d, c)):
+    for fn in (depthwise.depthwise_conv, lambda x, w, s, p, d: F.conv2d(x, w, None, s, p, d, c)):
         x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
         y = fn(x, w, stride, padding, dilation)
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
@@ -74,41 +74,62 @@ class _CountWeightGrads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("dilation", [1, 2])
-def test_depthwise_5x5_matches_plain_convolution_on_large_maps(dilation):
-    """Same values as the plain grouped convolution, the weight gradient only computed
-    when asked for (the α step), and exact under create_graph (double backward)."""
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)])
+def test_depthwise_5x5_matches_plain_convolution_on_large_maps(monkeypatch, stride, dilation):
+    """Large enough for the 5×3-pieces weight gradient (depthwise._Depthwise5x5): same values
+    as the plain grouped convolution, the weight gradient only computed when asked for (the
+    α step), and exact under create_graph (double backward)."""
     torch.manual_seed(7)
-    x0 = torch.randn(8, 16, 32, 32).contiguous(memory_format=CL)
+    x0 = torch.randn(8, 16, 34, 34).contiguous(memory_format=CL)
     w0 = torch.randn(16, 1, 5, 5)
-    g = torch.randn(8, 16, 32, 32, generator=torch.Generator().manual_seed(1))
+    g = torch.randn(8, 16, 34 // stride, 34 // stride, generator=torch.Generator().manual_seed(1))
     pad = 2 * dilation
+    calls = []
+    real = depthwise._Depthwise5x5.apply
+    monkeypatch.setattr(depthwise._Depthwise5x5, "apply", lambda *a: calls.append(1) or real(*a))
     runs = {}
-    for name, fn in (("fast", ops.depthwise_conv), ("plain", lambda x, w, s, p, d: F.conv2d(x, w, None, s, p, d, 16))):
+    for name, fn in (("fast", depthwise.depthwise_conv),
+                     ("plain", lambda x, w, s, p, d: F.conv2d(x, w, None, s, p, d, 16))):
         x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
         with _CountWeightGrads() as only_x:
-            gx_only, = torch.autograd.grad(fn(x, w, 1, pad, dilation), x, g)
-        y = fn(x, w, 1, pad, dilation)
+            gx_only, = torch.autograd.grad(fn(x, w, stride, pad, dilation), x, g)
+        y = fn(x, w, stride, pad, dilation)
         gx, gw = torch.autograd.grad(y, (x, w), g, create_graph=True)
         second, = torch.autograd.grad((gw * w0).sum() + (gx * x0).sum(), x)
         runs[name] = (y, gx_only, gx, gw, second, only_x.n)
+    assert len(calls) == 2  # the fast runs took that path (phases of 34×34 are 17 wide)
     for got, want in zip(runs["fast"][:5], runs["plain"][:5]):
         assert rel(got, want) < 1e-5
     assert runs["fast"][5] == 0  # α-step-like backward: no weight gradient computed
 
 
+def test_depthwise_5x5_weight_gradient_from_5x3_pieces_is_exact():
+    """In float64 the pieces give the plain weight gradient to rounding, edges included
+    (odd widths, stride 2: every product with a real pixel is counted once)."""
+    torch.manual_seed(9)
+    for stride, side in ((1, 16), (1, 17), (2, 16), (2, 19)):
+        x = torch.randn(3, 4, side + 1, side, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+        w = torch.randn(4, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+        fast = depthwise.depthwise_conv(x, w, stride, 2, 1)
+        plain = F.conv2d(x, w, None, stride, 2, 1, 4)
+        g = torch.randn(plain.shape, dtype=torch.float64)
+        got, want = torch.autograd.grad(fast, (x, w), g), torch.autograd.grad(plain, (x, w), g)
+        assert torch.equal(fast, plain)
+        for a, b in zip(got, want):
+            assert rel(a, b) < 1e-12, (stride, side)
+
+
 def test_depthwise_5x5_weight_gradient_reaches_the_weight():
-    """Regression: a custom 5×5 path (since removed: it measured slower in the full step)
-    once never computed the weight gradient outside create_graph, so ``backward()`` left
-    5×5 depthwise weights of large maps untrained."""
+    """Regression: an earlier custom 5×5 path once never computed the weight gradient outside
+    create_graph, so ``backward()`` left 5×5 depthwise weights of large maps untrained."""
     torch.manual_seed(8)
     x = torch.randn(8, 16, 32, 32).contiguous(memory_format=CL).requires_grad_()
     w, w_plain = torch.randn(16, 1, 5, 5, requires_grad=True), None
     w_plain = w.detach().clone().requires_grad_()
-    ops.depthwise_conv(x, w, 1, 2, 1).square().sum().backward()
+    depthwise.depthwise_conv(x, w, 1, 2, 1).square().sum().backward()
     F.conv2d(x, w_plain, None, 1, 2, 1, 16).square().sum().backward()
     assert w.grad is not None and rel(w.grad, w_plain.grad) < 1e-5
-    got, = torch.autograd.grad(ops.depthwise_conv(x, w * 1.0, 1, 2, 1).square().sum(), w)
+    got, = torch.autograd.grad(depthwise.depthwise_conv(x, w * 1.0, 1, 2, 1).square().sum(), w)
     assert rel(got, w_plain.grad) < 1e-5
 
 
