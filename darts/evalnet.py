@@ -172,7 +172,8 @@ class EvalNetwork(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Return ``(logits, logits_aux)``; ``logits_aux`` only exists in training."""
         logits_aux = None
-        s0 = s1 = Shared(self.stem(x))  # Shared: the next two cells preprocess one relu(state)
+        # channels-last from the stem on, as the cells (stem forward + backward 11–13 → 6 ms at 64×3×32×32)
+        s0 = s1 = Shared(self.stem(to_fast_layout(x)))  # Shared: the next two cells preprocess one relu(state)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, Shared(cell(s0, s1, self.drop_path_prob))
             if i == self.aux_position and self.auxiliary_head is not None and self.training:

@@ -159,6 +159,11 @@ class SearchCell(nn.Module):
         if out.requires_grad and out.device.type == "cpu":
             # gradients from the global pool come NCHW; NHWC ops fed NCHW gradients are ~10× slower
             out.register_hook(to_fast_layout)
+            for s in states[N_INPUTS:]:
+                # a node's gradient is (or contains) a channel slice of out's: not channels-last
+                # contiguous, and every BN summed into the node would run torch's NCHW backward on
+                # it (small: 462 vs 56 µs at 32×16×16×16; 0.930 → 0.834 s per step)
+                s.x.register_hook(to_fast_layout)
         return out
 
     def _plan(self, live_idx: list[list[int]], n_ops: int, device: torch.device) -> list:

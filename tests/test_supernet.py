@@ -202,3 +202,28 @@ def test_pruning_after_a_forward_drops_the_op_from_the_next_forward():
     fresh = tiny(CRB(), seed=3)  # never ran a forward: plans from the loaded state
     fresh.load_state_dict(net.state_dict())
     assert torch.equal(fresh(x), out)
+
+
+def test_batch_norms_get_channels_last_gradients():
+    """Every BatchNorm backward of the search network on CPU receives a channels-last
+    gradient. A node's gradient is a channel slice of the cell output's (the concat), and
+    torch's NHWC BatchNorm fed that runs its NCHW backward, ~8× slower (the hook on each
+    node state makes it channels-last once). Maps large enough that edges are not batched."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Layouts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.native_batch_norm_backward.default:
+                self.seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+            return func(*args, **(kwargs or {}))
+
+    net = tiny(Softmax(), layers=1, C=16)
+    x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = net(x)
+    with Layouts() as layouts:
+        out.square().sum().backward()
+    assert len(layouts.seen) > 20 and all(layouts.seen), layouts.seen
