@@ -95,13 +95,18 @@ def build_op(name: str, channels: int, stride: int, search: bool) -> nn.Module:
     return OPS[name](channels, stride, search)
 
 
+def _as_is(x):
+    return x
+
+
 @contextlib.contextmanager
 def evalnet_ops():
     """While active, ``darts.evalnet`` builds its cells from these ops (the eval-step "before")."""
     import darts.evalnet as evalnet
-    names = ("build_op", "FactorizedReduce", "Identity", "ReLUConvBN")
+    # to_fast_layout: NCHW throughout, as the public code (no channels-last stem, no layout hooks)
+    names = ("build_op", "FactorizedReduce", "Identity", "ReLUConvBN", "to_fast_layout")
     saved = {n: getattr(evalnet, n) for n in names}
-    for n, v in zip(names, (build_op, FactorizedReduce, Identity, relu_conv_bn)):
+    for n, v in zip(names, (build_op, FactorizedReduce, Identity, relu_conv_bn, _as_is)):
         setattr(evalnet, n, v)
     try:
         yield

@@ -55,6 +55,7 @@ class EvalCell(nn.Module):
         self._ops = nn.ModuleList(
             build_op(op, c, 2 if reduction and src < N_INPUTS else 1, search=False) for op, src in pairs
         )
+        self._layout = to_fast_layout  # taken when built (benchmarks/reference.py builds an NCHW one)
 
     def forward(self, s0: Tensor | Shared, s1: Tensor | Shared, drop_prob: float) -> Tensor:
         states = [Shared(preprocess(self.preprocess0, as_shared(s0))),
@@ -64,7 +65,7 @@ class EvalCell(nn.Module):
             states.append(Shared(h[0] + h[1]))
         out = torch.cat([states[i].x for i in self.concat], dim=1)
         if out.requires_grad and out.device.type == "cpu":
-            out.register_hook(to_fast_layout)  # the global pool's gradient comes NCHW (darts.supernet)
+            out.register_hook(self._layout)  # the global pool's gradient comes NCHW (darts.supernet)
         return out
 
     def _edge(self, k: int, states: list[Shared], drop_prob: float) -> Tensor:
@@ -147,6 +148,7 @@ class EvalNetwork(nn.Module):
         self.drop_path_prob = 0.0
         c_curr = STEM_MULTIPLIER * C
         self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        self._layout = to_fast_layout  # taken when built (benchmarks/reference.py builds an NCHW one)
         self.cells, c_prev, c_aux = self._build_cells(genotype, C, c_curr)
         self.auxiliary_head = AuxiliaryHeadCIFAR(c_aux, n_classes) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -173,7 +175,7 @@ class EvalNetwork(nn.Module):
         """Return ``(logits, logits_aux)``; ``logits_aux`` only exists in training."""
         logits_aux = None
         # channels-last from the stem on, as the cells (stem forward + backward 11–13 → 6 ms at 64×3×32×32)
-        s0 = s1 = Shared(self.stem(to_fast_layout(x)))  # Shared: the next two cells preprocess one relu(state)
+        s0 = s1 = Shared(self.stem(self._layout(x)))  # Shared: the next two cells preprocess one relu(state)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, Shared(cell(s0, s1, self.drop_path_prob))
             if i == self.aux_position and self.auxiliary_head is not None and self.training:

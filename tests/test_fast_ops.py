@@ -265,11 +265,14 @@ def test_eval_network_matches_reference_forward_and_gradients():
         plain = EvalNetwork(g, C=8, n_classes=10, layers=5, auxiliary=True).double()
     plain.load_state_dict(fast.state_dict())
     x, y = torch.randn(6, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (6,))
-    outs = []
+    outs, layouts = [], []
     for net in (fast, plain):
+        hook = net.cells[0].register_forward_hook(lambda m, i, o: layouts.append(o.is_contiguous()))
         logits, aux = net(x)
+        hook.remove()
         (F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)).backward()
         outs.append((logits, aux, {n: p.grad for n, p in net.named_parameters()}))
+    assert layouts == [False, True]  # ours channels-last from the stem on; the plain one NCHW, as public code
     assert rel(outs[0][0], outs[1][0]) < 1e-10 and rel(outs[0][1], outs[1][1]) < 1e-10
     for name, grad in outs[1][2].items():
         assert rel(outs[0][2][name], grad) < 1e-8, name
