@@ -66,8 +66,8 @@ def depthwise_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, 
 
 #: the 5×5 weight gradient from 5×3 pieces pays from 16×16 input maps on. Weight gradient alone,
 #: 2 threads, oneDNN's 5×5 vs the two 5×3 pieces (pads included): 64×16×32×32 2908 → 457 µs,
-#: 32×8×32×32 675 → 291, 32×16×16×16 286 → 135, 32×32×8×8 176 → 125 (too little for the Python
-#: Function's overhead), 32×64×4×4 108 → 244 (loses).
+#: 32×8×32×32 675 → 291, 32×16×16×16 286 → 135, 32×32×8×8 176 → 125 (close to the Function's own
+#: cost: its Python backward took ~55 µs per call in the small step's profile), 32×64×4×4 108 → 244.
 MIN_WIDTH_5X5 = 16
 
 
@@ -77,7 +77,8 @@ class _Depthwise5x5(torch.autograd.Function):
 
     oneDNN's fast depthwise weight-gradient kernel (jit_dw) takes kernels at most 3 wide;
     a 5×5 one falls back to a dense blocked kernel that pads every channel to a 16×16
-    block, 2–6× slower than the two 5×3 ones, and was ~12 % of the small search step.
+    block, 1.4–6× slower than the two 5×3 ones; 5×5 depthwise backward passes were ~11 % of
+    the small search step.
     The gradient of tap (i, d), d ∈ −2..2 the column offset, is Σ g[n,c,h,w]·x[n,c,h'+i−2,
     w'+d] (h' = stride·h, w' = stride·w). A 5×3 kernel with no column padding over
     x padded by two zero columns on the left reads offsets −2..0; over x padded by two on
