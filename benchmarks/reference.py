@@ -17,6 +17,7 @@ import contextlib
 import torch
 from torch import nn
 
+from darts import evalnet
 from darts import ops as darts_ops
 from darts.space import N_INPUTS, N_NODES, edges
 from darts.supernet import SearchNetwork, reduction_layers
@@ -99,14 +100,39 @@ def _as_is(x):
     return x
 
 
+def drop_path(x, drop_prob):
+    """DARTS ``utils.drop_path`` (per op, per sample), out of place with the mask scaled
+    instead of ``x``: one pass over x where DARTS makes two in place, kept for the reference."""
+    keep_prob = 1.0 - drop_prob
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep_prob)
+    return x * mask.div_(keep_prob)
+
+
+class EvalCell(evalnet.EvalCell):
+    """DARTS ``model.Cell.forward``: preprocess, every op on its input, drop-path per op (not
+    on identities), h1 + h2 per node, concat. The modules are ``darts.evalnet.EvalCell``'s."""
+
+    def forward(self, s0, s1, drop_prob):
+        states = [self.preprocess0(darts_ops.as_shared(s0).x), self.preprocess1(darts_ops.as_shared(s1).x)]
+        for i in range(self.n_nodes):
+            h = []
+            for k in (2 * i, 2 * i + 1):
+                op = self._ops[k]
+                y = op(states[self.indices[k]])
+                if self.training and drop_prob > 0.0 and not isinstance(op, darts_ops.Identity):
+                    y = drop_path(y, drop_prob)
+                h.append(y)
+            states.append(h[0] + h[1])
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
 @contextlib.contextmanager
 def evalnet_ops():
     """While active, ``darts.evalnet`` builds its cells from these ops (the eval-step "before")."""
-    import darts.evalnet as evalnet
     # to_fast_layout: NCHW throughout, as the public code (no channels-last stem, no layout hooks)
-    names = ("build_op", "FactorizedReduce", "Identity", "ReLUConvBN", "to_fast_layout")
+    names = ("build_op", "FactorizedReduce", "Identity", "ReLUConvBN", "to_fast_layout", "EvalCell")
     saved = {n: getattr(evalnet, n) for n in names}
-    for n, v in zip(names, (build_op, FactorizedReduce, Identity, relu_conv_bn, _as_is)):
+    for n, v in zip(names, (build_op, FactorizedReduce, Identity, relu_conv_bn, _as_is, EvalCell)):
         setattr(evalnet, n, v)
     try:
         yield

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import darts.evalnet as evalnet
-from darts.evalnet import EvalNetwork, count_params_m, drop_path
+from darts.evalnet import EvalNetwork, count_params_m, drop_masks, node_sum
 from darts.ops import Identity
 from darts.space import DARTS_V2
 
@@ -96,39 +96,60 @@ def test_no_drop_path_when_prob_zero():
 
 def test_identity_ops_never_dropped(monkeypatch):
     """DARTS_V2, layers=3: normal cell has 6 non-identity ops, each reduce cell 5."""
-    calls: list[tuple[int, ...]] = []
+    masks_used: list[bool] = []
+    real = evalnet.node_sum
 
-    def spy(x, p):
-        calls.append(tuple(x.shape))
-        return x
+    def spy(a, mask_a, b, mask_b):
+        masks_used.extend((mask_a is not None, mask_b is not None))
+        return real(a, mask_a, b, mask_b)
 
     model = tiny()
     n_identity = sum(isinstance(op, Identity) for cell in model.cells for op in cell._ops)
     assert n_identity == 2 + 3 + 3
-    monkeypatch.setattr(evalnet, "drop_path", spy)
+    monkeypatch.setattr(evalnet, "node_sum", spy)
     model.drop_path_prob = 0.3
     model.train()(torch.randn(2, 3, 16, 16))
-    assert len(calls) == 6 + 5 + 5
-    calls.clear()
+    assert sum(masks_used) == 6 + 5 + 5 and len(masks_used) == 3 * 8
+    flags = [isinstance(op, Identity) for cell in model.cells for op in cell._ops]
+    assert masks_used == [not f for f in flags]  # the mask goes with its op, in op order
+    masks_used.clear()
     model.eval()(torch.randn(2, 3, 16, 16))
-    assert calls == []
+    assert not any(masks_used) and len(masks_used) == 3 * 8
 
 
-def test_drop_path_function_numerics():
+def test_drop_masks_numerics():
     torch.manual_seed(0)
-    x = torch.ones(20000, 2, 3, 3)
     p = 0.3
-    y = drop_path(x, p)
-    per_sample = y.flatten(1)
-    # one mask per sample: all entries of a sample are equal, either 0 or 1/keep
-    assert torch.equal(per_sample.min(1).values, per_sample.max(1).values)
-    scaled = per_sample[:, 0][per_sample[:, 0] > 0]
-    assert torch.allclose(scaled, torch.full_like(scaled, 1 / (1 - p)))
-    kept = (per_sample[:, 0] > 0).float().mean().item()
-    assert kept == pytest.approx(1 - p, abs=0.015)
-    assert y.mean().item() == pytest.approx(1.0, abs=0.03)  # expectation preserved
-    assert torch.equal(x, torch.ones_like(x))  # input untouched (out of place)
-    assert drop_path(x, 0.0) is x
+    m = drop_masks(3, torch.ones(20000, 2, 3, 3), p)
+    assert m.shape == (3, 20000, 1, 1, 1)
+    # per op and sample: 0 or 1/keep, kept with probability keep; ops drawn independently
+    assert torch.equal(torch.unique(m), torch.tensor([0.0, 1 / (1 - p)]))
+    kept = (m > 0).float()
+    assert kept.mean().item() == pytest.approx(1 - p, abs=0.01)
+    for k in range(3):
+        assert kept[k].mean().item() == pytest.approx(1 - p, abs=0.015)
+    both = (kept[0] * kept[1]).mean().item()
+    assert both == pytest.approx((1 - p) ** 2, abs=0.015)  # independent across ops
+    assert m.mean().item() == pytest.approx(1.0, abs=0.02)  # expectation preserved
+
+
+def test_node_sum_numbers_and_gradients():
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 3, 5, 5, requires_grad=True), torch.randn(4, 3, 5, 5, requires_grad=True)
+    ma = torch.tensor([0.0, 2.0, 2.0, 0.0]).view(4, 1, 1, 1)
+    mb = torch.tensor([2.0, 2.0, 0.0, 0.0]).view(4, 1, 1, 1)
+    for mask_a, mask_b in ((None, None), (ma, None), (None, mb), (ma, mb)):
+        ea = a if mask_a is None else a * mask_a
+        eb = b if mask_b is None else b * mask_b
+        out = node_sum(a, mask_a, b, mask_b)
+        assert torch.equal(out, ea + eb)
+        g = torch.randn_like(out)
+        ga, gb = torch.autograd.grad(out, (a, b), g)
+        assert torch.equal(ga, g if mask_a is None else g * mask_a)
+        assert torch.equal(gb, g if mask_b is None else g * mask_b)
+    a0, b0 = a.detach().clone(), b.detach().clone()
+    node_sum(a, ma, b, mb)
+    assert torch.equal(a, a0) and torch.equal(b, b0)  # the op outputs are left as they were
 
 
 def test_gradients_flow_through_aux_and_main():

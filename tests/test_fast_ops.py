@@ -245,11 +245,25 @@ def test_search_network_float32_forward_matches_reference():
     assert rel(fast(x), plain(x)) < 1e-5
 
 
-def test_eval_network_matches_reference_forward_and_gradients():
+@pytest.mark.parametrize("drop_prob", [0.0, 0.3])
+def test_eval_network_matches_reference_forward_and_gradients(drop_prob, monkeypatch):
     """The whole evaluation network (stride-2 reduce ops, FactorizedReduce, auxiliary head)
-    built from the fast ops computes what the plain ops compute, gradients included."""
+    built from the fast ops computes what the plain ops compute, gradients included; with
+    drop-path too, given the same masks (ours draws a cell's at once and sums each node
+    with addcmul, the reference drops per op as DARTS and adds)."""
+    from darts import evalnet
     from darts.evalnet import EvalNetwork
     from darts.space import Genotype
+
+    gen = torch.Generator().manual_seed(3)
+    cells_masks: list[torch.Tensor] = []  # the masks our cells drew, in order
+
+    def drop_masks(n, like, p):
+        m = (torch.rand(n, like.size(0), 1, 1, 1, generator=gen, dtype=like.dtype) >= p).to(like.dtype) / (1 - p)
+        cells_masks.append(m)
+        return m
+
+    monkeypatch.setattr(evalnet, "drop_masks", drop_masks)
 
     g = Genotype.from_dict({
         "normal": [["max_pool_3x3", 1], ["sep_conv_3x3", 0], ["max_pool_3x3", 1], ["sep_conv_5x5", 2],
@@ -265,14 +279,22 @@ def test_eval_network_matches_reference_forward_and_gradients():
         plain = EvalNetwork(g, C=8, n_classes=10, layers=5, auxiliary=True).double()
     plain.load_state_dict(fast.state_dict())
     x, y = torch.randn(6, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (6,))
+    fast.drop_path_prob = plain.drop_path_prob = drop_prob
     outs, layouts = [], []
     for net in (fast, plain):
+        if net is plain:  # the reference takes, op by op, the masks ours drew for its non-identity ops
+            queue = [m[k] for m, cell in zip(cells_masks, fast.cells)
+                     for k, op in enumerate(cell._ops) if not isinstance(op, ops.Identity)]
+            monkeypatch.setattr(ref, "drop_path", lambda h, p: h * queue.pop(0))
         hook = net.cells[0].register_forward_hook(lambda m, i, o: layouts.append(o.is_contiguous()))
         logits, aux = net(x)
         hook.remove()
         (F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)).backward()
         outs.append((logits, aux, {n: p.grad for n, p in net.named_parameters()}))
     assert layouts == [False, True]  # ours channels-last from the stem on; the plain one NCHW, as public code
+    if drop_prob:
+        assert len(cells_masks) == 5 and not queue  # every mask drawn was used
+        assert 0 < sum((m == 0).sum().item() for m in cells_masks) < sum(m.numel() for m in cells_masks)
     assert rel(outs[0][0], outs[1][0]) < 1e-10 and rel(outs[0][1], outs[1][1]) < 1e-10
     for name, grad in outs[1][2].items():
         assert rel(outs[0][2][name], grad) < 1e-8, name
