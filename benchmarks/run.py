@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=1, metavar="R",
                     help="run each benchmark in R processes (fast and reference alternating) and "
                          "report the median one: on a shared machine a process's speed varies by "
-                         "up to 25 %% with where it lands")
+                         "up to 25 %% with where it lands; with --impl both also a ratio line, "
+                         "the median over the back-to-back pairs")
     ap.add_argument("--e2e", action="store_true", help="also time `dvc repro` of the quick study")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each benchmark wait up to S seconds for the CPUs to be idle")
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                 runs[impl].append(row)
         for impl in kinds:
             print(json.dumps(median_run(runs[impl])), flush=True)
+        if len(kinds) == 2:
+            print(json.dumps(paired_ratio(name, runs["fast"], runs["reference"])), flush=True)
 
 
 def _one_run(kind: str, spec: dict) -> dict:
@@ -170,6 +173,22 @@ def median_run(rows: list[dict]) -> dict:
     best = dict(ranked[(len(rows) - 1) // 2])
     best["runs_seconds"] = [r[key] for r in rows]
     return best
+
+
+def paired_ratio(config: str, fast: list[dict], reference: list[dict]) -> dict:
+    """Reference time over ours for each repeat's pair of processes, run back to back, and
+    their median: the machine's speed drifts over minutes, so a pair shares its conditions
+    better than the two medians of all runs do (also given, as ``of_medians``)."""
+    row = {"bench": "ratio", "config": config}
+    if any("error" in r for r in fast + reference):
+        return dict(row, error="a run failed")
+    key = "seconds_per_step"
+    pairs = [r[key] / f[key] for f, r in zip(fast, reference)]
+    ranked = sorted(pairs)
+    mid = len(ranked) // 2
+    median = ranked[mid] if len(ranked) % 2 else (ranked[mid - 1] + ranked[mid]) / 2
+    of_medians = median_run(reference)[key] / median_run(fast)[key]
+    return dict(row, reference_over_fast=median, paired=pairs, of_medians=of_medians)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,18 @@ def test_benchmark_row_says_which_loop_ran(monkeypatch):
     assert search_bench.run(dict(spec, impl="fast"))["loop"] == "ours"
 
 
+def test_paired_ratio_is_the_median_of_back_to_back_pairs():
+    from benchmarks.run import paired_ratio
+    fast = [{"seconds_per_step": s} for s in (0.2, 0.3, 0.25)]
+    ref = [{"seconds_per_step": s} for s in (0.6, 0.6, 1.0)]  # the machine slowed for the last pair
+    row = paired_ratio("tiny", fast, ref)
+    assert row["paired"] == pytest.approx([3.0, 2.0, 4.0])
+    assert row["reference_over_fast"] == pytest.approx(3.0)
+    assert row["of_medians"] == pytest.approx(0.6 / 0.25)  # the two medians came from different pairs
+    assert paired_ratio("tiny", fast[:2], ref[:2])["reference_over_fast"] == pytest.approx(2.5)
+    assert "error" in paired_ratio("tiny", fast, ref[:2] + [{"error": "boom"}])
+
+
 def test_repeated_runs_report_the_median_process():
     from benchmarks.run import main, median_run
     rows = [{"seconds_per_step": s, "peak_rss_mb": s * 10} for s in (0.3, 0.1, 0.2)]
