@@ -15,6 +15,7 @@ import fnmatch
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -184,11 +185,8 @@ def paired_ratio(config: str, fast: list[dict], reference: list[dict]) -> dict:
         return dict(row, error="a run failed")
     key = "seconds_per_step"
     pairs = [r[key] / f[key] for f, r in zip(fast, reference)]
-    ranked = sorted(pairs)
-    mid = len(ranked) // 2
-    median = ranked[mid] if len(ranked) % 2 else (ranked[mid - 1] + ranked[mid]) / 2
     of_medians = median_run(reference)[key] / median_run(fast)[key]
-    return dict(row, reference_over_fast=median, paired=pairs, of_medians=of_medians)
+    return dict(row, reference_over_fast=statistics.median(pairs), paired=pairs, of_medians=of_medians)
 
 
 if __name__ == "__main__":
