@@ -12,19 +12,19 @@ keep that op (the one with the largest pre-clamp α), held at α = 0, until the 
 two such edges again. An op held at 0 is live: clamp's gradient at the boundary is 1,
 so it can recover, and Π_S never has to pick a pruned op.
 
-Where pruning is decided: on the host. The host must learn which ops are live anyway
-(the forward skips pruned ops from a host list), and the node rule walks edges one by
-one, so CRB copies α and the live masks to the host in one transfer per α step (one
-sync on a GPU), decides there, and returns the newly pruned masks as host tensors; the
-device is written back only when something was pruned. Softmax never prunes and
-returns None: no mask, no sync.
+Where pruning is decided: on α's device, by tensor arithmetic that reads no value
+back (the node rule too: :func:`_rescue`), so a CRB α step costs no host
+synchronisation on a GPU. The newly pruned masks come back as device tensors; the
+history queues them with its other records, and the supernet learns which ops to skip
+from a host copy of the masks that arrives asynchronously (``darts.supernet``).
+Softmax never prunes and returns None.
 """
 from __future__ import annotations
 
 import torch
 
-from .constraints import live_edges_per_node
-from .space import node_edge_rows, search_ops
+from .constraints import candidate_edges_per_node, rank_in_node
+from .space import search_ops
 
 
 class Softmax:
@@ -75,51 +75,31 @@ class CRB:
 
     @torch.no_grad()
     def prune(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-        """Mask every live α ≤ 0 (in place on `alpha` and `live`); return the newly pruned mask
-        (a host tensor; one device→host copy)."""
-        return self.prune_all({"": alpha}, {"": live})[""]
+        """Mask every live α ≤ 0 (in place on `alpha` and `live`), but for the ops the node
+        rule keeps; return the newly pruned mask (on α's device; nothing is read back)."""
+        new = live & (alpha <= 0)
+        new &= ~_rescue(alpha, live, new, self.ops)
+        live &= ~new
+        alpha.masked_fill_(~live, 0.0)
+        alpha.masked_fill_(live & (alpha < 0), 0.0)
+        return new
 
-    @torch.no_grad()
     def prune_all(self, alphas: dict[str, torch.Tensor], lives: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`prune` for every cell type with a single device→host copy: the one sync of the α step."""
-        keys = list(alphas)
-        host = _to_host([alphas[k] for k in keys] + [lives[k] for k in keys])
-        newly = {}
-        for i, k in enumerate(keys):
-            alpha, live = alphas[k], lives[k]
-            alpha_h, live_h = host[i], host[len(keys) + i].bool()
-            new = live_h & (alpha_h <= 0)
-            if new.any():
-                new &= ~_rescue(alpha_h, live_h, new, self.ops)
-                live &= ~new.to(live.device)  # host→device: only on the rare steps that prune
-            alpha.masked_fill_(~live, 0.0)
-            alpha.masked_fill_(live & (alpha < 0), 0.0)
-            newly[k] = new
-        return newly
-
-
-def _to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Host copies of `tensors` (same shapes, all in the first one's dtype) in one transfer."""
-    dtype = tensors[0].dtype
-    flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors]).cpu()
-    return [chunk.view(t.shape) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+        """`prune` for every cell type."""
+        return {k: self.prune(alphas[k], lives[k]) for k in alphas}
 
 
 def _rescue(alpha: torch.Tensor, live: torch.Tensor, newly: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
-    """Ops spared by the node rule (see module docstring)."""
-    rescued = torch.zeros_like(live)
+    """Ops spared by the node rule (module docstring), as a mask: in each node left with
+    fewer than two candidate edges, the edges that lose their last live op now, taken by
+    their largest pre-clamp α (ties: lower row) until the node has two again, keep their
+    best live op (ties: lower op index)."""
     after = live & ~newly
-    counts = live_edges_per_node(after, ops)
-    for node, rows in enumerate(node_edge_rows()):
-        if counts[node] >= 2:
-            continue
-        # edges that had a live op before this step but lose all of them now
-        dying = [r for r in rows if live[r].any() and not after[r].any()]
-        dying.sort(key=lambda r: -alpha[r][live[r]].max().item())
-        for r in dying[: 2 - counts[node]]:
-            vals = alpha[r].masked_fill(~live[r], float("-inf"))
-            rescued[r, int(vals.argmax())] = True
-    return rescued
+    short = (2 - candidate_edges_per_node(after, ops)).clamp(min=0)  # per row: its node's shortfall
+    dying = live.any(dim=1) & ~after.any(dim=1)
+    best_val, best_op = alpha.masked_fill(~live, float("-inf")).max(dim=1)  # first index on ties
+    keep = dying & (rank_in_node(best_val, dying) < short)
+    return (torch.arange(alpha.shape[1], device=alpha.device) == best_op[:, None]) & keep[:, None]
 
 
 ACTIVATIONS = {"softmax": Softmax, "crb": CRB}

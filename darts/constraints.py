@@ -6,6 +6,11 @@ The projection keeps, for each node, the two incoming edges whose best op weight
 largest and sets that best op to 1, everything else to 0. `none` and pruned ops are
 never candidates. Ties go to the lower index (op order of `space.PRIMITIVES`, then
 source state), the same as Python's stable sort in the original DARTS code.
+
+Two forms of the same choice: :func:`choose_edges` walks the nodes on the host (the
+genotype, with a clear error when a node cannot have two edges), and :func:`project`,
+which PR and ADMM call at every α step, is tensor arithmetic on α's device that reads
+no value back, so on a GPU it costs no host synchronisation. Tests hold the two equal.
 """
 from __future__ import annotations
 
@@ -49,11 +54,53 @@ def choose_edges(weights: torch.Tensor, live: torch.Tensor, ops: tuple[str, ...]
 
 
 def project(weights: torch.Tensor, live: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
-    """Π_S(weights): the one-hot E × K matrix of the discrete choice (same dtype/device)."""
-    out = torch.zeros_like(weights)
-    for r, k in choose_edges(weights, live, ops):
-        out[r, k] = 1.0
-    return out
+    """Π_S(weights): the one-hot E × K matrix of the discrete choice (same dtype/device).
+
+    The choice of :func:`choose_edges` made without reading a value: per edge its best
+    candidate op, and the edges that rank 0 or 1 in their node. Unlike ``choose_edges`` it
+    cannot raise :class:`ProjectionError` (that would need a read): a node with fewer than
+    two candidate edges keeps the ones it has. A search never gets there (CRB's node rule
+    keeps two; softmax never prunes); the genotype, made by ``choose_edges``, would say so.
+    """
+    cand = _candidates(ops, live)
+    best_val, best_op = weights.detach().masked_fill(~cand, float("-inf")).max(dim=1)  # first index on ties
+    usable = cand.any(dim=1)
+    chosen = usable & (rank_in_node(best_val, usable) < 2)
+    one_hot = torch.arange(weights.shape[1], device=weights.device) == best_op[:, None]
+    return (one_hot & chosen[:, None]).to(weights.dtype)
+
+
+def rank_in_node(values: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """Per edge row, its place among the eligible rows of its node in the order (value
+    descending, then row ascending): what a stable sort by −value gives. (E,) longs; the
+    value of a row that is not eligible is not looked at."""
+    node = _node_of_row(values.device)
+    row = torch.arange(len(node), device=values.device)
+    v_other, v_self = values[None, :], values[:, None]
+    ahead = (v_other > v_self) | ((v_other == v_self) & (row[None, :] < row[:, None]))
+    return (ahead & eligible[None, :] & (node[None, :] == node[:, None])).sum(dim=1)
+
+
+def candidate_edges_per_node(live: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
+    """Per edge row, how many incoming edges of its node have a candidate (live, non-`none`)
+    op, the row's own included; (E,) longs, on ``live``'s device."""
+    node = _node_of_row(live.device)
+    has = _candidates(ops, live).any(dim=1)
+    return ((node[None, :] == node[:, None]) & has[None, :]).sum(dim=1)
+
+
+_NODE_OF_ROW: dict[torch.device, torch.Tensor] = {}
+
+
+def _node_of_row(device: torch.device) -> torch.Tensor:
+    """The node each α row enters, kept per device (made once: a host→device copy)."""
+    if device not in _NODE_OF_ROW:
+        node = [0] * sum(map(len, node_edge_rows()))
+        for n, rows in enumerate(node_edge_rows()):
+            for r in rows:
+                node[r] = n
+        _NODE_OF_ROW[device] = torch.tensor(node, device=device)
+    return _NODE_OF_ROW[device]
 
 
 def derive_cell(weights: torch.Tensor, live: torch.Tensor, ops: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -73,9 +120,3 @@ def derive_genotype(weights: dict[str, torch.Tensor], live: dict[str, torch.Tens
         normal_concat=concat,
         reduce_concat=concat,
     )
-
-
-def live_edges_per_node(live: torch.Tensor, ops: tuple[str, ...]) -> list[int]:
-    """How many incoming edges of each node still have a candidate (live, non-`none`) op."""
-    cand = _candidates(ops, live.cpu())
-    return [int(sum(bool(cand[r].any()) for r in rows)) for rows in node_edge_rows()]

@@ -5,8 +5,8 @@ Tensors end up on the host as compact float32 stacks, but an α step only queues
 records (a detached float32 copy of act(α), the losses) on the network's device: on a GPU
 every device→host copy waits for all queued work, so `flush()` moves the queue in one
 copy per epoch (and before anything reads the records) instead of several per α step.
-Newly pruned ops are expected as host masks (the activation decides pruning on the
-host), so their bookkeeping needs no sync either; an activation that never prunes
+Newly pruned ops come as masks on the device (CRB decides pruning there) and are queued
+the same way, to become `pruned` entries at the flush; an activation that never prunes
 passes None.
 """
 from __future__ import annotations
@@ -22,11 +22,12 @@ class History:
         self._alpha: dict[str, list[torch.Tensor]] = {"normal": [], "reduce": []}  # host records
         self.penalty: list[float] = []
         self.val_loss: list[float] = []
-        self.pruned: list[dict] = []              # {"step", "cell", "edge", "op"}
+        self._pruned: list[dict] = []             # {"step", "cell", "edge", "op"}
         self.steps: dict[str, list] = {"alpha": []}  # per iteration: α-step flag (+ F, F̄, T for FIMT)
         self.epochs: list[dict] = []
         self._pending: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # (penalty, val loss)
         self._pending_alpha: list[dict[str, torch.Tensor]] = []  # act(α) records not yet on the host
+        self._pending_pruned: list[tuple[int, str, torch.Tensor]] = []  # (step, cell, newly pruned mask)
         self._epoch_start = 0  # index into val_loss/penalty of the current epoch's first α step
 
     def record_alpha(self, step: int, epoch: int, weights: dict[str, torch.Tensor],
@@ -46,13 +47,18 @@ class History:
             self._pending.append((penalty, val_loss))
         for t, mask in (newly or {}).items():  # None / {} / None masks: nothing pruned
             if mask is not None:
-                for e, k in mask.nonzero().tolist():  # free on a host mask; a device mask syncs
-                    self.pruned.append({"step": step, "cell": t, "edge": e, "op": self.ops[k]})
+                self._pending_pruned.append((step, t, mask))
 
     def record_step(self, step: int, took_alpha: bool, logged: dict) -> None:
         self.steps["alpha"].append(bool(took_alpha))
         for key, v in logged.items():
             self.steps.setdefault(key, []).append(float(v))
+
+    @property
+    def pruned(self) -> list[dict]:
+        """Pruning events, {"step", "cell", "edge", "op"}, in order (pending records are flushed first)."""
+        self.flush()
+        return self._pruned
 
     @property
     def alpha(self) -> dict[str, list[torch.Tensor]]:
@@ -61,8 +67,9 @@ class History:
         return self._alpha
 
     def flush(self) -> None:
-        """Move the pending on-device α records and α-step losses to the host in one copy (one sync)."""
-        if not self._pending and not self._pending_alpha:
+        """Move the pending on-device records (act(α), α-step losses, pruning masks) to the host
+        in one copy (one sync)."""
+        if not self._pending and not self._pending_alpha and not self._pending_pruned:
             return
         parts: list[torch.Tensor] = []
         cells = list(self._pending_alpha[0]) if self._pending_alpha else []
@@ -73,6 +80,8 @@ class History:
             parts.append(torch.stack([v.float() for _, v in self._pending]))
         if with_penalty:
             parts.append(torch.stack([p.float() for p, _ in self._pending]))
+        if self._pending_pruned:
+            parts.append(torch.stack([m.float() for _, _, m in self._pending_pruned]))
         dev = parts[0].device
         flat = torch.cat([x.reshape(-1).to(dev) for x in parts]).cpu()
         host = [chunk.view(x.shape) for chunk, x in zip(flat.split([x.numel() for x in parts]), parts)]
@@ -82,7 +91,11 @@ class History:
             self.val_loss += host[len(cells)].tolist()
         if with_penalty:
             self.penalty += host[len(cells) + 1].tolist()
-        self._pending, self._pending_alpha = [], []
+        if self._pending_pruned:
+            for (step, t, _), mask in zip(self._pending_pruned, host[-1].unbind(0)):
+                self._pruned += [{"step": step, "cell": t, "edge": e, "op": self.ops[k]}
+                                 for e, k in mask.nonzero().tolist()]
+        self._pending, self._pending_alpha, self._pending_pruned = [], [], []
 
     def epoch_alpha_stats(self) -> dict:
         """Mean validation loss and penalty of this epoch's α steps; starts the next epoch."""
@@ -118,6 +131,6 @@ class History:
         self.alpha_steps, self.alpha_epochs = list(d["alpha_steps"]), list(d["alpha_epochs"])
         self._alpha = {t: list(v.unbind(0)) if v.numel() else [] for t, v in d["alpha"].items()}
         self.penalty, self.val_loss = list(d["penalty"]), list(d["val_loss"])
-        self.pruned, self.steps, self.epochs = list(d["pruned"]), dict(d["steps"]), list(d["epochs"])
-        self._pending, self._pending_alpha = [], []
+        self._pruned, self.steps, self.epochs = list(d["pruned"]), dict(d["steps"]), list(d["epochs"])
+        self._pending, self._pending_alpha, self._pending_pruned = [], [], []
         self._epoch_start = int(d.get("epoch_start", len(self.val_loss)))

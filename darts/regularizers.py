@@ -13,8 +13,13 @@ from .constraints import project
 
 
 def _l2(x: torch.Tensor) -> torch.Tensor:
-    """‖x‖₂ with gradient 0 (not NaN) at x = 0."""
-    return torch.sqrt((x * x).sum()) if bool(x.any()) else (x * 0).sum()
+    """‖x‖₂ with gradient 0 (not NaN) at x = 0, without reading a value (no sync on a GPU).
+
+    sqrt's gradient at 0 is infinite, and a ``where`` passes 0·∞ = NaN from the branch it
+    did not take, so sqrt only ever sees a positive argument (the outer ``where`` drops it at 0)."""
+    sq = (x * x).sum()
+    positive = sq > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, sq, torch.ones_like(sq))), torch.zeros_like(sq))
 
 
 class NoRegularizer:

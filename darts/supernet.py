@@ -2,9 +2,11 @@
 
 α lives in the model as `alpha_normal` / `alpha_reduce` (nn.Parameter, E × K) and the
 pruning masks as bool buffers `live_normal` / `live_reduce`, so a state_dict holds the
-whole architecture state. The forward never asks the device which ops are live: a host
-copy of the live op indices per edge is refreshed by `refresh_live()` after an α update
-(where pruning happens), so pruned ops and `none` cost nothing and no forward syncs.
+whole architecture state. The forward never asks the device which ops are live: it
+computes the ops of a host list of live op indices per edge, so pruned ops and `none`
+cost nothing. After an α step that list is renewed from a host copy of the masks
+(``darts.hostcopy``), made at once on a CPU and asynchronously on a GPU, so neither the
+forward nor the pruning syncs.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from torch import nn
 
 from .depthwise import dilation_plan
 from .edgebatch import PackCache, batchable, forward_many
+from .hostcopy import HostCopy
 from .ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, as_shared, batch_norm,
                   build_op, preprocess, to_fast_layout)
 from .space import N_INPUTS, N_NODES, edges
@@ -243,22 +246,37 @@ class SearchNetwork(nn.Module):
 
     @torch.no_grad()
     def prune(self) -> dict[str, torch.Tensor] | None:
-        """Apply the activation's pruning after an α update; returns the newly pruned masks (host
-        tensors), or None when the activation never prunes: then nothing is created and nothing syncs."""
+        """Apply the activation's pruning after an α update; returns the newly pruned masks (on
+        α's device: nothing is read back), or None when the activation never prunes.
+
+        The ops to skip are then renewed from a host copy of the live masks: at once on a CPU;
+        on a GPU by the first forward that finds the copy arrived. Until then a just-pruned op
+        is still computed at weight exactly 0: it adds exact zeros to its node and gets zero
+        gradients, so the results are the same, for a little more work and no sync.
+        """
         if not self.activation.prunes:
             return None
         newly = self.activation.prune_all({t: a.data for t, a in self.alphas().items()}, self.live())
-        if any(bool(m.any()) for m in newly.values()):  # host masks: no sync; `live` changed only then
-            self.refresh_live()
+        self._live_copy.post(self.live())
+        self._pick_up_live()
         return newly
 
     def refresh_live(self) -> None:
-        """Host copy of the ops to compute per edge (live and not `none`): one sync, outside forward."""
+        """Renew the host list of ops to compute from the live masks now (one sync: after loading
+        or editing the masks by hand; the search step goes through :meth:`prune`)."""
+        self._live_copy = HostCopy()  # the masks on their way to the host from prune; older ones dropped
+        self._set_live({t: m.tolist() for t, m in self.live().items()})
+
+    def _pick_up_live(self) -> None:
+        masks = self._live_copy.poll()
+        if masks is not None:
+            self._set_live(masks)
+
+    def _set_live(self, masks: dict[str, list[list[bool]]]) -> None:
+        """Per cell type, per edge, the op indices to compute (live and not `none`)."""
         skip = self.ops.index("none") if "none" in self.ops else -1
-        self._live_idx = {
-            t: [[k for k in range(len(self.ops)) if k != skip and bool(row[k])] for row in m.cpu()]
-            for t, m in self.live().items()
-        }
+        self._live_idx = {t: [[k for k, on in enumerate(row) if on and k != skip] for row in rows]
+                          for t, rows in masks.items()}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -278,6 +296,7 @@ class SearchNetwork(nn.Module):
 
     # --- forward --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._pick_up_live()  # live masks copied to the host by a GPU step's prune, if arrived
         w = self.weights()
         s0 = s1 = Shared(self.stem(to_fast_layout(x)))  # channels-last on CPU from the stem on
         for cell in self.cells:  # Shared: the next two cells preprocess one relu(state)

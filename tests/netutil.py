@@ -52,3 +52,20 @@ def count_calls(modules: dict) -> Counter:
 
             object.__setattr__(m, name, wrapped)
     return counts
+
+
+class FixedBatches:
+    """The stream API over one fixed batch (any device, `meta` included)."""
+
+    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor], n: int = 2):
+        self.batch, self.n = batch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def next(self):
+        return self.batch
+
+    def epoch_batches(self):
+        for _ in range(self.n):
+            yield self.batch

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from darts.activations import CRB, Softmax, make_activation
-from darts.constraints import derive_genotype, live_edges_per_node
-from darts.space import N_EDGES
+from darts.constraints import derive_genotype
+from darts.space import N_EDGES, node_edge_rows
 from netutil import batch, count_calls, tiny
 
 # CRB op indices (no `none`)
@@ -18,6 +18,11 @@ MAX, AVG, SKIP, SEP3, SEP5, DIL3, DIL5 = range(7)
 
 def live7() -> torch.Tensor:
     return torch.ones(N_EDGES, 7, dtype=torch.bool)
+
+
+def live_edges_per_node(live: torch.Tensor) -> list[int]:
+    """How many incoming edges of each node still have a live op (CRB has no `none`)."""
+    return [int(live[rows].any(dim=1).sum()) for rows in node_edge_rows()]
 
 
 # ---------------------------------------------------------------- values ----------
@@ -140,7 +145,7 @@ def test_node_rule_rescues_the_two_strongest_dying_edges():
     assert newly.sum() == 21 - 2
     assert (a[2:5] == 0.0).all()  # pruned and held ops are all at exactly 0
     assert (a[[0, 1] + list(range(5, 14))] == 0.1).all()
-    assert live_edges_per_node(live, act.ops) == [2, 2, 4, 5]
+    assert live_edges_per_node(live) == [2, 2, 4, 5]
     weights = act(a, live)
     g = derive_genotype({"normal": weights, "reduce": weights}, {"normal": live, "reduce": live}, act.ops)
     # node 1: the two held edges tie at 0 → lower source first
@@ -163,7 +168,7 @@ def test_node_rule_three_of_four_edges_die():
     a[8] = -0.9            # row 8 is the weakest
     live = live7()
     newly = act.prune(a, live)
-    assert live_edges_per_node(live, act.ops) == [2, 3, 2, 5]
+    assert live_edges_per_node(live) == [2, 3, 2, 5]
     assert live[5].tolist() == [k == SEP5 for k in range(7)]
     assert live[7].tolist() == [k == SEP3 for k in range(7)]
     assert not live[6].any() and not live[8].any()
@@ -181,7 +186,7 @@ def test_no_rescue_when_two_edges_survive():
     live = live7()
     newly = act.prune(a, live)
     assert newly[9:12].all() and newly.sum() == 21
-    assert live_edges_per_node(live, act.ops) == [2, 3, 4, 2]
+    assert live_edges_per_node(live) == [2, 3, 4, 2]
 
 
 def test_held_op_recovers_and_node_rule_reapplies():
@@ -252,3 +257,35 @@ def test_node_batchnorm_crb_present_softmax_absent():
     sm_vars = [o.var(dim=(0, 2, 3), unbiased=False) for o in _node_outputs(sm, x)]
     # softmax: each node is a 1/8-weighted sum of BN'd ops, not renormalised
     assert max((v - 1).abs().max().item() for v in sm_vars) > 0.3
+
+
+def _loop_prune(alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """The pruning rule as a walk over nodes and edges (how it ran on the host before it
+    became tensor arithmetic): the newly pruned mask for this α and these live ops."""
+    new = live & (alpha <= 0)
+    after = live & ~new
+    for rows in node_edge_rows():
+        count = sum(bool(after[r].any()) for r in rows)
+        dying = [r for r in rows if live[r].any() and not after[r].any()]
+        dying.sort(key=lambda r: -alpha[r][live[r]].max().item())  # stable: lower row first on ties
+        for r in dying[: max(0, 2 - count)]:
+            new[r, int(alpha[r].masked_fill(~live[r], float("-inf")).argmax())] = False
+    return new
+
+
+def test_prune_matches_a_walk_over_nodes_on_random_states():
+    """CRB.prune decides on the device; on random α (coarse grid: ties, many α ≤ 0, so the node
+    rule fires often) and random earlier pruning it prunes and spares what the walk does."""
+    g = torch.Generator().manual_seed(11)
+    rescues = 0
+    for trial in range(400):
+        a = torch.randint(-5, 3, (N_EDGES, 7), generator=g).float() / 8
+        live = torch.rand(N_EDGES, 7, generator=g) > 0.3
+        want = _loop_prune(a, live)
+        rescues += int(((live & (a <= 0)) & ~want).any())
+        a2, live2 = a.clone(), live.clone()
+        newly = CRB().prune(a2, live2)
+        assert torch.equal(newly, want), trial
+        assert torch.equal(live2, live & ~want)
+        assert torch.equal(a2, torch.where(live2, a.clamp(min=0.0), torch.zeros(())))
+    assert rescues > 100

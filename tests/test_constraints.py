@@ -9,10 +9,10 @@ from darts.constraints import (
     choose_edges,
     derive_cell,
     derive_genotype,
-    live_edges_per_node,
+    candidate_edges_per_node,
     project,
 )
-from darts.space import Genotype, search_ops
+from darts.space import Genotype, node_edge_rows, search_ops
 
 SOFTMAX_OPS = search_ops("softmax")  # none, max, avg, skip, sep3, sep5, dil3, dil5
 CRB_OPS = search_ops("crb")          # max, avg, skip, sep3, sep5, dil3, dil5
@@ -136,24 +136,56 @@ def test_derive_genotype_both_cells_crb():
     assert g.normal_concat == g.reduce_concat == [2, 3, 4, 5]
 
 
+def per_node(per_row: torch.Tensor) -> list[int]:
+    """candidate_edges_per_node's per-row counts, one per node (equal within a node)."""
+    counts = [sorted(set(per_row[rows].tolist())) for rows in node_edge_rows()]
+    assert all(len(c) == 1 for c in counts)
+    return [c[0] for c in counts]
+
+
 def test_projection_error_when_node_has_fewer_than_two_candidate_edges():
     a = hand_alpha()
     live = all_live()
     live[3] = False
     live[4] = False  # node 1 keeps only row 2
-    assert live_edges_per_node(live, SOFTMAX_OPS) == [2, 1, 4, 5]
+    assert per_node(candidate_edges_per_node(live, SOFTMAX_OPS)) == [2, 1, 4, 5]
     with pytest.raises(ProjectionError, match="node 1 has 1 edge"):
-        project(a, live, SOFTMAX_OPS)
+        choose_edges(a, live, SOFTMAX_OPS)
+    # the device-side projection cannot raise (that would read a value): node 1 keeps its one edge
+    p = project(a, live, SOFTMAX_OPS)
+    assert p[2:5].sum() == 1 and p[2].sum() == 1 and p[:2].sum() == 2 and p.sum() == 2 + 1 + 2 + 2
     # an edge whose only live op is `none` is not a candidate either
     live = all_live()
     live[0] = False
     live[0, NONE] = True
-    assert live_edges_per_node(live, SOFTMAX_OPS) == [1, 3, 4, 5]
+    assert per_node(candidate_edges_per_node(live, SOFTMAX_OPS)) == [1, 3, 4, 5]
     with pytest.raises(ProjectionError, match="node 0"):
         choose_edges(a, live, SOFTMAX_OPS)
     # the same mask with CRB ops (no none column) and a single live op left: fine
     live7 = all_live(7)
     live7[0] = False
     live7[0, 5] = True
-    assert live_edges_per_node(live7, CRB_OPS) == [2, 3, 4, 5]
+    assert per_node(candidate_edges_per_node(live7, CRB_OPS)) == [2, 3, 4, 5]
     assert choose_edges(torch.zeros(14, 7), live7, CRB_OPS)[:2] == [(0, 5), (1, 0)]
+
+
+def test_project_makes_the_choice_of_choose_edges_on_random_alpha():
+    """Property check of the tensor form of Π_S against the host walk: random α on a coarse
+    grid (ties between edges and between ops everywhere), random pruning, both op sets."""
+    g = torch.Generator().manual_seed(5)
+    compared = 0
+    for trial in range(400):
+        ops = SOFTMAX_OPS if trial % 2 else CRB_OPS
+        k = len(ops)
+        a = torch.randint(-3, 4, (14, k), generator=g).float() / 4
+        live = torch.rand(14, k, generator=g) > 0.5
+        try:
+            pairs = choose_edges(a, live, ops)
+        except ProjectionError:
+            continue
+        want = torch.zeros(14, k)
+        for r, o in pairs:
+            want[r, o] = 1.0
+        assert torch.equal(project(a, live, ops), want), trial
+        compared += 1
+    assert compared > 200

@@ -12,7 +12,7 @@ import contextlib
 
 import pytest
 import torch
-from netutil import tiny
+from netutil import FixedBatches, tiny
 
 from darts.activations import Softmax
 from darts.data import BatchStream
@@ -30,23 +30,6 @@ def _searcher(device: str = "cpu", epochs: int = 2) -> Searcher:
     return Searcher(net, cfg, alternate(), NoRegularizer(),
                     BatchStream(ds.take(torch.arange(64)), 16, seed=0, device=device),  # 4 steps an epoch
                     BatchStream(ds.take(torch.arange(64, 96)), 16, seed=1, device=device))
-
-
-class _Batches:
-    """The stream API over one fixed batch (any device, `meta` included)."""
-
-    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor], n: int = 2):
-        self.batch, self.n = batch, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def next(self):
-        return self.batch
-
-    def epoch_batches(self):
-        for _ in range(self.n):
-            yield self.batch
 
 
 def test_alpha_records_wait_on_the_device_until_flush_and_hold_act_alpha():
@@ -111,7 +94,7 @@ def test_softmax_alpha_step_reads_nothing_back_from_the_device(monkeypatch):
     net = tiny(Softmax(), seed=0).to("meta")
     batch = (torch.empty(4, 3, 8, 8, device="meta"), torch.zeros(4, dtype=torch.long, device="meta"))
     s = Searcher(net, SearchConfig(epochs=2, batch_size=4), alternate(), NoRegularizer(),
-                 _Batches(batch), _Batches(batch))
+                 FixedBatches(batch), FixedBatches(batch))
     for _ in range(3):
         s.alpha_step(batch)
     assert len(s.history._pending_alpha) == 4
@@ -125,7 +108,7 @@ def test_softmax_alpha_step_does_not_sync_the_gpu():
              torch.randint(0, 5, (16,), device="cuda", generator=g))
     net = tiny(Softmax(), seed=0).to("cuda")
     s = Searcher(net, SearchConfig(epochs=3, batch_size=16), alternate(), NoRegularizer(),
-                 _Batches(batch, 4), _Batches(batch, 4))
+                 FixedBatches(batch, 4), FixedBatches(batch, 4))
     s.run_epoch()  # warm-up outside the check: lazy CUDA/cuDNN initialisation may sync
     step = s.alpha_step
 
