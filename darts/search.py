@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .history import History
 from .supernet import SearchNetwork
-from .train import autocast, clip_grad_norm, frozen_gc, sgd
+from .train import autocast, clip_grad_norm, evaluate, frozen_gc, sgd
 
 
 class NonFiniteError(RuntimeError):
@@ -280,15 +280,8 @@ class Searcher:
         self._acc = None if acc is None else {k: v.to(dev) if torch.is_tensor(v) else v for k, v in acc.items()}
 
 
-@torch.inference_mode()
 def evaluate_supernet(net: SearchNetwork, batches) -> dict:
-    """Loss/accuracy of the supernet on held-out search data (the validation part)."""
-    net.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    for x, y in batches:
-        logits = net(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        n += y.shape[0]
-    net.train()
-    return {"val_loss": loss_sum / max(n, 1), "val_acc": correct / max(n, 1)}
+    """Loss/accuracy of the supernet on held-out search data (the validation part), summed on
+    the device and read once (``darts.train.evaluate``), not once per batch."""
+    r = evaluate(net, batches)
+    return {"val_loss": r["loss"], "val_acc": r["acc"]}
