@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .constraints import candidate_edges_per_node, rank_in_node
+from .constraints import best_ops, candidate_edges_per_node, rank_in_node
 from .space import search_ops
 
 
@@ -97,9 +97,8 @@ def _rescue(alpha: torch.Tensor, live: torch.Tensor, newly: torch.Tensor, ops: t
     after = live & ~newly
     short = (2 - candidate_edges_per_node(after, ops)).clamp(min=0)  # per row: its node's shortfall
     dying = live.any(dim=1) & ~after.any(dim=1)
-    best_val, best_op = alpha.masked_fill(~live, float("-inf")).max(dim=1)  # first index on ties
-    keep = dying & (rank_in_node(best_val, dying) < short)
-    return (torch.arange(alpha.shape[1], device=alpha.device) == best_op[:, None]) & keep[:, None]
+    best_val, best_op = best_ops(alpha, live)
+    return best_op & (dying & (rank_in_node(best_val, dying) < short))[:, None]
 
 
 ACTIVATIONS = {"softmax": Softmax, "crb": CRB}

@@ -63,11 +63,17 @@ def project(weights: torch.Tensor, live: torch.Tensor, ops: tuple[str, ...]) -> 
     keeps two; softmax never prunes); the genotype, made by ``choose_edges``, would say so.
     """
     cand = _candidates(ops, live)
-    best_val, best_op = weights.detach().masked_fill(~cand, float("-inf")).max(dim=1)  # first index on ties
+    best_val, best_op = best_ops(weights.detach(), cand)
     usable = cand.any(dim=1)
     chosen = usable & (rank_in_node(best_val, usable) < 2)
-    one_hot = torch.arange(weights.shape[1], device=weights.device) == best_op[:, None]
-    return (one_hot & chosen[:, None]).to(weights.dtype)
+    return (best_op & chosen[:, None]).to(weights.dtype)
+
+
+def best_ops(weights: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the largest allowed weight and a bool one-hot mask of its op (the first on
+    ties, as ``max`` gives; a row with nothing allowed: −inf and op 0)."""
+    best_val, best_idx = weights.masked_fill(~allowed, float("-inf")).max(dim=1)
+    return best_val, torch.arange(weights.shape[1], device=weights.device) == best_idx[:, None]
 
 
 def rank_in_node(values: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:

@@ -282,6 +282,6 @@ class Searcher:
 
 def evaluate_supernet(net: SearchNetwork, batches) -> dict:
     """Loss/accuracy of the supernet on held-out search data (the validation part), summed on
-    the device and read once (``darts.train.evaluate``), not once per batch."""
+    the device and read once (``darts.train.evaluate``), not twice per batch."""
     r = evaluate(net, batches)
     return {"val_loss": r["loss"], "val_acc": r["acc"]}
