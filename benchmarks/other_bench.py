@@ -40,6 +40,7 @@ def _eval_model(impl: str):
 def eval_step(spec: dict) -> dict:
     from darts.train import RetrainConfig, Retrainer
     _, _, batch, side = EVAL
+    batch = spec.get("batch") or batch
     meta = _eval_model("reference").to("meta")
     xm = torch.empty(batch, 3, side, side, device="meta")
     ym = torch.zeros(batch, dtype=torch.long, device="meta")
@@ -63,7 +64,7 @@ def eval_step(spec: dict) -> dict:
     mm = matmul_gflops()
     timer.reset()
     trainer.train_epoch((batches * steps)[:steps])
-    row = {"bench": "eval_step", "config": spec["config"], "impl": spec["impl"]}
+    row = {"bench": "eval_step", "config": spec["config"], "impl": spec["impl"], "batch": batch}
     row.update(timer.summary())
     return report(row, flops, batch, mm)
 

@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
                          "(first-order search: driven by the public DARTS loop)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=0, help="timed steps (0: per-config default)")
+    ap.add_argument("--batch", type=int, default=0, metavar="B",
+                    help="batch size of the search and eval steps (0: the config's); at B=1 a step is "
+                         "almost all per-call cost, so two batch sizes split a step into the part that "
+                         "scales with the data and the part that does not")
     ap.add_argument("--repeat", type=int, default=1, metavar="R",
                     help="run each benchmark in R processes (fast and reference alternating) and "
                          "report the median one: on a shared machine a process's speed varies by "
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.repeat < 1:
         sys.exit(f"--repeat must be at least 1, got {args.repeat}")
+    if args.batch < 0:
+        sys.exit(f"--batch must be 0 (the config's) or a positive batch size, got {args.batch}")
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))), flush=True)
         return
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[dict]] = {impl: [] for impl in kinds}
         for _ in range(args.repeat):
             for impl in kinds:
-                spec = dict(cfgs[name], config=name, impl=impl, threads=args.threads, steps=args.steps)
+                spec = dict(cfgs[name], config=name, impl=impl, threads=args.threads, steps=args.steps,
+                            batch=args.batch)
                 waited = wait_until_idle(args.wait_idle) if args.wait_idle else 0.0
                 row = _one_run(cfgs[name]["kind"], spec)
                 if waited:

@@ -88,9 +88,9 @@ def build_net(impl: str, activation: str, size: str):
     return net
 
 
-def iteration_flops(activation: str, size: str, order: int) -> int:
-    """Model FLOPs of one iteration, on the meta device (fast, no memory)."""
-    _, _, batch, side = SIZES[size]
+def iteration_flops(activation: str, size: str, order: int, batch: int) -> int:
+    """Model FLOPs of one iteration at ``batch``, on the meta device (fast, no memory)."""
+    side = SIZES[size][3]
     net = build_net("reference", activation, size).to("meta")
     x = torch.empty(batch, 3, side, side, device="meta")
     y = torch.zeros(batch, dtype=torch.long, device="meta")
@@ -124,9 +124,10 @@ def run(spec: dict) -> dict:
     size, activation, impl = spec["size"], spec["activation"], spec["impl"]
     order = spec.get("order", 1)
     _, _, batch, side = SIZES[size]
+    batch = spec.get("batch") or batch  # --batch: at 1–2 a step is almost all per-call cost
     warm, steps = STEPS[size]
     steps = spec.get("steps") or steps
-    flops = iteration_flops(activation, size, order)
+    flops = iteration_flops(activation, size, order, batch)
     net = build_net(impl, activation, size)
     train, val = FakeStream(batch, side, warm, 1), FakeStream(batch, side, warm, 2)
     loop_name, loop = make_loop(impl, order, net, train, val, batch)
@@ -137,6 +138,6 @@ def run(spec: dict) -> dict:
     timer.reset()
     loop.run_epoch(timer)
     row = {"bench": "search_step", "config": spec["config"], "impl": impl, "loop": loop_name,
-           "activation": activation, "order": order, "live_ops": {t: int(m.sum()) for t, m in net.live().items()}}
+           "activation": activation, "order": order, "batch": batch, "live_ops": {t: int(m.sum()) for t, m in net.live().items()}}
     row.update(timer.summary())
     return report(row, flops, 2 * batch, mm)
