@@ -92,6 +92,9 @@ class _Depthwise5x5(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, stride: int, w_node):
+        if torch.is_autocast_enabled("cpu"):  # cast as autocast casts F.conv2d's inputs, so that the
+            dt = torch.get_autocast_dtype("cpu")  # backward (run outside autocast) sees one dtype;
+            x, w = x.to(dt), w.to(dt)  # autograd returns w's gradient to w's float32
         ctx.save_for_backward(x, w)
         ctx.stride, ctx.w_node = stride, w_node
         return F.conv2d(x, w, None, stride, 2, 1, x.shape[1])

@@ -91,13 +91,16 @@ def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None =
 
 def batch_norm_function(x: torch.Tensor, running_mean, running_var, weight, bias, use_batch: bool,
                         momentum: float, eps: float) -> torch.Tensor:
-    """``F.batch_norm`` with the same arguments, by :class:`_RowBatchNorm` where that measured faster."""
+    """``F.batch_norm`` with the same arguments, by :class:`_RowBatchNorm` where that measured faster.
+
+    Float32 only: under bfloat16 autocast torch's kernel keeps the statistics and running
+    buffers in float32 and returns bfloat16, which the row formulation would not."""
     n, c, h, w = x.shape
     # affine BNs (the evaluation network's) measured faster with torch's kernel in the whole
     # training step (0.27 -> 0.24 s/step), though not in isolation; the search network's do not
     rows = n * h * w
-    if (use_batch and bias is None and x.device.type == "cpu" and (rows >= 32768 or (c < 16 and rows >= 4096))
-            and x.is_contiguous(memory_format=CL)):
+    if (use_batch and bias is None and x.device.type == "cpu" and x.dtype == torch.float32
+            and (rows >= 32768 or (c < 16 and rows >= 4096)) and x.is_contiguous(memory_format=CL)):
         return _RowBatchNorm.apply(x, weight, bias, running_mean, running_var, momentum, eps)
     return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch, momentum, eps)
 

@@ -22,8 +22,8 @@ from darts.train import RetrainConfig, Retrainer, autocast
 from netutil import tiny
 
 
-def _searcher(amp: bool) -> Searcher:
-    ds = make_synthetic(64, size=8, seed=0, n_classes=5)
+def _searcher(amp: bool, size: int = 8) -> Searcher:
+    ds = make_synthetic(64, size=size, seed=0, n_classes=5)
     net = tiny(CRB(), seed=0)
     cfg = SearchConfig(epochs=1, batch_size=16, alpha_lr=0.05, amp=amp)
     return Searcher(net, cfg, alternate(), NoRegularizer(),
@@ -54,6 +54,35 @@ def test_search_epoch_with_amp_runs_and_keeps_float32_state():
         assert torch.isfinite(torch.tensor(row["train_loss"]))
         assert all(p.dtype == torch.float32 for p in s.net.parameters())
         assert len(s.history.alpha_steps) - 1 == 2  # alternate: one α step per w step
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_search_epoch_with_amp_takes_the_cpu_fast_paths(monkeypatch, batched):
+    """At 16×16 the first cell's BatchNorms (4096 rows, 4 channels) are row BatchNorms in
+    float32 and its 5×5 depthwise convolutions compute their weight gradient in two 5×3
+    pieces; under autocast both once failed (a bfloat16 mean into float32 running stats, a
+    bfloat16 gradient against a float32 weight). Unbatched, every edge's 5×5 takes that path
+    (as a family pruned down to one member does)."""
+    if not batched:
+        monkeypatch.setattr("darts.edgebatch.MAX_NUMEL", 0)
+    losses = []
+    for amp in (False, True):
+        s = _searcher(amp, size=16)
+        losses.append(s.run_epoch()["train_loss"])
+        assert all(p.dtype == torch.float32 for p in s.net.parameters())
+        assert all(b.dtype == torch.float32 for n, b in s.net.named_buffers() if "running" in n)
+    assert abs(losses[0] - losses[1]) < 0.05 * losses[0]
+
+
+def test_row_batch_norm_is_float32_only():
+    from darts.ops import batch_norm_function
+    x = torch.randn(16, 4, 16, 16).contiguous(memory_format=torch.channels_last)
+    stats = [(torch.zeros(4), torch.ones(4)) for _ in range(2)]
+    for dtype in (torch.float32, torch.bfloat16):
+        for (rm, rv), fn in zip(stats, (batch_norm_function, F.batch_norm)):
+            y = fn(x.to(dtype), rm, rv, None, None, True, 0.1, 1e-5)
+            assert y.dtype == dtype and rm.dtype == rv.dtype == torch.float32
+        torch.testing.assert_close(stats[0], stats[1])  # float32 statistics either way
 
 
 def test_amp_alpha_gradient_points_where_fp32_does():
