@@ -10,19 +10,35 @@ import os
 import resource
 import statistics
 import time
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 
-def matmul_gflops(n: int = 1024, reps: int = 8) -> float:
-    """Best-of-``reps`` float32 n×n matmul rate in GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sync_for(device: torch.device | str) -> Callable[[], None]:
+    """What to call before reading the clock: a CUDA device runs ahead of the host, so a
+    step's time is only known once its kernels have finished (the benchmark's sync, not the
+    step's: the code it times makes none of its own)."""
+    device = torch.device(device)
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def matmul_gflops(n: int = 1024, reps: int = 8, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-``reps`` n×n matmul rate in GFLOP/s, in ``dtype`` on ``device`` (n ≥ 8192 on a
+    GPU, which a 1024 product leaves mostly idle)."""
+    device = torch.device(device)
+    n = max(n, 8192) if device.type == "cuda" else n
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = sync_for(device)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):
+        sync()
         t = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
 
@@ -53,17 +69,21 @@ def count_flops(fn) -> int:
 
 
 class StepTimer:
-    """Collects per-step durations through an ``on_step``-style callback."""
+    """Collects per-step durations through an ``on_step``-style callback; ``sync`` (see
+    :func:`sync_for`) runs before each reading of the clock."""
 
-    def __init__(self):
+    def __init__(self, sync: Callable[[], None] | None = None):
         self.times: list[float] = []
+        self._sync = sync or (lambda: None)
         self._last = time.perf_counter()
 
     def reset(self) -> None:
         self.times.clear()
+        self._sync()
         self._last = time.perf_counter()
 
     def __call__(self, *args) -> None:
+        self._sync()
         now = time.perf_counter()
         self.times.append(now - self._last)
         self._last = now
@@ -73,8 +93,14 @@ class StepTimer:
                 "steps": len(self.times)}
 
 
-def report(row: dict, flops: int | None, images_per_step: int, mm: float) -> dict:
-    """Add the derived rates to a timing row (median step time is the headline)."""
+def report(row: dict, flops: int | None, images_per_step: int, mm: float,
+           device: torch.device | str = "cpu") -> dict:
+    """Add the derived rates to a timing row (median step time is the headline); on a GPU
+    also its name and the peak of its memory allocated by torch (``peak_device_mb``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        row["device"] = torch.cuda.get_device_name(device)
+        row["peak_device_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     s = row["seconds_per_step"]
     row["images_per_s"] = images_per_step / s
     if flops is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import StepTimer, count_flops, matmul_gflops, report
+from .common import StepTimer, count_flops, matmul_gflops, report, sync_for
 
 EVAL = (16, 8, 64, 32)  # C, cells, batch, side
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,23 +50,25 @@ def eval_step(spec: dict) -> dict:
         (F.cross_entropy(logits, ym) + 0.4 * F.cross_entropy(aux, ym)).backward()
 
     flops = count_flops(step)
-    model = _eval_model(spec["impl"])
+    device = torch.device(spec.get("device") or "cpu")
+    amp = bool(spec.get("amp")) and spec["impl"] != "reference"  # the public code has no mixed precision
+    model = _eval_model(spec["impl"]).to(device)
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(batch, 3, side, side, generator=g), torch.randint(0, 10, (batch,), generator=g))
-               for _ in range(3)]
-    timer = StepTimer()
-    trainer = Retrainer(model, RetrainConfig(epochs=2, batch_size=batch, drop_path_prob=0.2), on_step=timer,
-                        fast=spec["impl"] != "reference")  # the reference steps as DARTS' train.py
+    batches = [(torch.randn(batch, 3, side, side, generator=g).to(device),
+                torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(3)]
+    timer = StepTimer(sync_for(device))
+    trainer = Retrainer(model, RetrainConfig(epochs=2, batch_size=batch, drop_path_prob=0.2, amp=amp),
+                        on_step=timer, fast=spec["impl"] != "reference")  # the reference steps as DARTS' train.py
     trainer.epoch = 1  # drop_path_prob = 0.2 · 1/2 in this epoch
     steps = spec.get("steps") or 5
     trainer.train_epoch(batches[:2])  # warm-up
     trainer.epoch = 1
-    mm = matmul_gflops()
+    mm = matmul_gflops(device=device, dtype=torch.bfloat16 if amp else torch.float32)
     timer.reset()
     trainer.train_epoch((batches * steps)[:steps])
-    row = {"bench": "eval_step", "config": spec["config"], "impl": spec["impl"], "batch": batch}
+    row = {"bench": "eval_step", "config": spec["config"], "impl": spec["impl"], "batch": batch, "amp": amp}
     row.update(timer.summary())
-    return report(row, flops, batch, mm)
+    return report(row, flops, batch, mm, device)
 
 
 def data_pipeline(spec: dict) -> dict:
@@ -76,15 +78,16 @@ def data_pipeline(spec: dict) -> dict:
     batch, n = 64, 64 * 40
     ds = make_synthetic(n, size=32, seed=0)
     cutout = 16 if spec["config"].endswith("cutout") else 0
-    stream = BatchStream(ds, batch, seed=0, train=True, cutout=cutout)
+    device = torch.device(spec.get("device") or "cpu")
+    stream = BatchStream(ds, batch, seed=0, train=True, cutout=cutout, device=device)
     stream.next()
-    timer = StepTimer()
+    timer = StepTimer(sync_for(device))
     for _ in range(spec.get("steps") or 30):
         stream.next()
         timer()
     row = {"bench": "data_pipeline", "config": spec["config"], "impl": "-", "cutout": cutout}
     row.update(timer.summary())
-    return report(row, None, batch, matmul_gflops())
+    return report(row, None, batch, matmul_gflops(device=device), device)
 
 
 def study_e2e(spec: dict) -> dict:

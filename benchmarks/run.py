@@ -39,14 +39,23 @@ def all_configs(e2e: bool) -> dict[str, dict]:
     return cfgs
 
 
-def machine_line() -> dict:
+def machine_line(device: str = "cpu") -> dict:
+    """The machine: the host's matmul and dense 3×3 conv rates (float32); on a GPU also its
+    name, its float32 and bfloat16 matmul rates and whether cuDNN may use TF32 (torch's
+    default: yes for convolutions, no for matmuls)."""
     from .common import matmul_gflops
     x, w = torch.randn(64, 64, 32, 32), torch.randn(64, 64, 3, 3)
     torch.nn.functional.conv2d(x, w, padding=1)
     best = min(_timed(lambda: torch.nn.functional.conv2d(x, w, padding=1)) for _ in range(5))
-    return {"bench": "machine", "matmul_gflops_per_s": matmul_gflops(),
+    line = {"bench": "machine", "matmul_gflops_per_s": matmul_gflops(),
             "conv3x3_gflops_per_s": 2 * 64 * 64 * 64 * 9 * 32 * 32 / best / 1e9,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "cpus": os.cpu_count()}
+    if device == "cuda":
+        line.update(gpu=torch.cuda.get_device_name(), gpu_matmul_gflops_per_s=matmul_gflops(device="cuda"),
+                    gpu_bf16_matmul_gflops_per_s=matmul_gflops(device="cuda", dtype=torch.bfloat16),
+                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+    return line
 
 
 def _busy_fraction(seconds: float = 2.0) -> float:
@@ -119,6 +128,10 @@ def main(argv: list[str] | None = None) -> None:
                          "report the median one: on a shared machine a process's speed varies by "
                          "up to 25 %% with where it lands; with --impl both also a ratio line, "
                          "the median over the back-to-back pairs")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the search, eval and data "
+                    "steps run (FLOPs are still counted on the meta device)")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast in our search and eval steps "
+                    "(search.amp / retrain.amp); the reference stays float32, as the public code")
     ap.add_argument("--e2e", action="store_true", help="also time `dvc repro` of the quick study")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each benchmark wait up to S seconds for the CPUs to be idle")
@@ -127,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.repeat < 1:
         sys.exit(f"--repeat must be at least 1, got {args.repeat}")
+    if args.device not in ("cpu", "cuda"):
+        sys.exit(f"--device {args.device!r} is invalid; valid: cpu, cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device here; valid here: cpu")
     if args.batch < 0:
         sys.exit(f"--batch must be 0 (the config's) or a positive batch size, got {args.batch}")
     if args.worker:
@@ -139,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so _run_worker's finally runs
     torch.set_num_threads(args.threads)
-    print(json.dumps(machine_line()), flush=True)
+    print(json.dumps(machine_line(args.device)), flush=True)
     impls = ("fast", "reference") if args.impl == "both" else (args.impl,)
     for name in names:
         kinds = impls if cfgs[name]["kind"] in ("search", "eval") else ("-",)
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeat):
             for impl in kinds:
                 spec = dict(cfgs[name], config=name, impl=impl, threads=args.threads, steps=args.steps,
-                            batch=args.batch)
+                            batch=args.batch, device=args.device, amp=args.amp)
                 waited = wait_until_idle(args.wait_idle) if args.wait_idle else 0.0
                 row = _one_run(cfgs[name]["kind"], spec)
                 if waited:

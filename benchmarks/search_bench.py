@@ -25,7 +25,7 @@ from darts.schedules import alternate
 from darts.search import SearchConfig, Searcher
 from darts.supernet import SearchNetwork
 
-from .common import StepTimer, count_flops, matmul_gflops, report
+from .common import StepTimer, count_flops, matmul_gflops, report, sync_for
 from .public_loop import PublicFirstOrderLoop
 from .reference import ReferenceSearchNetwork
 
@@ -40,10 +40,11 @@ STEPS = {"tiny": (2, 8), "small": (2, 5), "paper": (1, 3)}  # (warm-up, timed) i
 class FakeStream:
     """The stream API both loops use, cycling through a few fixed random batches."""
 
-    def __init__(self, batch: int, side: int, n_steps: int, seed: int, n_batches: int = 3):
-        g = torch.Generator().manual_seed(seed)
-        self.batches = [(torch.randn(batch, 3, side, side, generator=g),
-                         torch.randint(0, 10, (batch,), generator=g)) for _ in range(n_batches)]
+    def __init__(self, batch: int, side: int, n_steps: int, seed: int, n_batches: int = 3,
+                 device: torch.device | str = "cpu"):
+        g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same batches on any device
+        self.batches = [(torch.randn(batch, 3, side, side, generator=g).to(device),
+                         torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(n_batches)]
         self.n_steps, self.i = n_steps, 0
 
     def __len__(self) -> int:
@@ -112,9 +113,11 @@ def iteration_flops(activation: str, size: str, order: int, batch: int) -> int:
     return count_flops(iteration)
 
 
-def make_loop(impl: str, order: int, net, train, val, batch: int) -> tuple[str, PublicFirstOrderLoop | Searcher]:
-    """("public", the public DARTS loop) for the first-order reference, else ("ours", a Searcher)."""
-    cfg = SearchConfig(epochs=1000, batch_size=batch, order=order)
+def make_loop(impl: str, order: int, net, train, val, batch: int,
+              amp: bool = False) -> tuple[str, PublicFirstOrderLoop | Searcher]:
+    """("public", the public DARTS loop) for the first-order reference, else ("ours", a Searcher);
+    ``amp``: bfloat16 autocast (``SearchConfig.amp``), for ours only."""
+    cfg = SearchConfig(epochs=1000, batch_size=batch, order=order, amp=amp)
     if impl == "reference" and order == 1:
         return "public", PublicFirstOrderLoop(net, train, val, cfg)
     return "ours", Searcher(net, cfg, alternate(), NoRegularizer(), train, val)
@@ -123,21 +126,23 @@ def make_loop(impl: str, order: int, net, train, val, batch: int) -> tuple[str, 
 def run(spec: dict) -> dict:
     size, activation, impl = spec["size"], spec["activation"], spec["impl"]
     order = spec.get("order", 1)
+    device = torch.device(spec.get("device") or "cpu")
+    amp = bool(spec.get("amp")) and impl == "fast"  # the public code has no mixed precision
     _, _, batch, side = SIZES[size]
     batch = spec.get("batch") or batch  # --batch: at 1–2 a step is almost all per-call cost
     warm, steps = STEPS[size]
     steps = spec.get("steps") or steps
     flops = iteration_flops(activation, size, order, batch)
-    net = build_net(impl, activation, size)
-    train, val = FakeStream(batch, side, warm, 1), FakeStream(batch, side, warm, 2)
-    loop_name, loop = make_loop(impl, order, net, train, val, batch)
-    timer = StepTimer()
-    loop.run_epoch(timer)  # warm-up: allocator, oneDNN primitive caches, lazy inits
+    net = build_net(impl, activation, size).to(device)
+    train, val = FakeStream(batch, side, warm, 1, device=device), FakeStream(batch, side, warm, 2, device=device)
+    loop_name, loop = make_loop(impl, order, net, train, val, batch, amp)
+    timer = StepTimer(sync_for(device))
+    loop.run_epoch(timer)  # warm-up: allocator, oneDNN primitive caches / cuDNN plans, lazy inits
     train.n_steps = steps
-    mm = matmul_gflops()
+    mm = matmul_gflops(device=device, dtype=torch.bfloat16 if amp else torch.float32)
     timer.reset()
     loop.run_epoch(timer)
     row = {"bench": "search_step", "config": spec["config"], "impl": impl, "loop": loop_name,
-           "activation": activation, "order": order, "batch": batch, "live_ops": {t: int(m.sum()) for t, m in net.live().items()}}
+           "activation": activation, "order": order, "batch": batch, "amp": amp, "live_ops": {t: int(m.sum()) for t, m in net.live().items()}}
     row.update(timer.summary())
-    return report(row, flops, 2 * batch, mm)
+    return report(row, flops, 2 * batch, mm, device)

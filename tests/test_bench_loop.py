@@ -87,30 +87,11 @@ def test_reference_uses_the_public_loop_for_first_order_only():
 def test_benchmark_row_says_which_loop_ran(monkeypatch):
     monkeypatch.setitem(search_bench.SIZES, "tiny", (4, 3, 4, 8))  # a smaller "tiny": seconds, not tens
     monkeypatch.setitem(search_bench.STEPS, "tiny", (1, 1))
-    monkeypatch.setattr(search_bench, "matmul_gflops", lambda: 1.0)
+    monkeypatch.setattr(search_bench, "matmul_gflops", lambda **kw: 1.0)
     monkeypatch.setattr(search_bench, "iteration_flops", lambda *args: 10 ** 9)  # FLOP counting: seconds
     spec = {"size": "tiny", "activation": "softmax", "config": "tiny", "steps": 1}
     assert search_bench.run(dict(spec, impl="reference"))["loop"] == "public"
     assert search_bench.run(dict(spec, impl="fast"))["loop"] == "ours"
-
-
-def test_batch_option_sets_the_search_step_batch(monkeypatch):
-    monkeypatch.setitem(search_bench.SIZES, "tiny", (4, 3, 4, 8))
-    monkeypatch.setitem(search_bench.STEPS, "tiny", (1, 1))
-    monkeypatch.setattr(search_bench, "matmul_gflops", lambda: 1.0)
-    seen = []
-    monkeypatch.setattr(search_bench, "iteration_flops", lambda *args: seen.append(args[-1]) or 10 ** 9)
-    spec = {"size": "tiny", "activation": "crb", "config": "tiny-crb", "steps": 1, "impl": "fast"}
-    row = search_bench.run(dict(spec, batch=2))
-    assert row["batch"] == 2 and seen == [2]  # FLOPs counted at the batch that ran
-    assert row["images_per_s"] == pytest.approx(2 * 2 / row["seconds_per_step"])
-    assert search_bench.run(dict(spec, batch=0))["batch"] == 4  # 0: the config's own
-
-
-def test_bad_batch_is_refused_before_any_work():
-    from benchmarks.run import main
-    with pytest.raises(SystemExit, match="--batch must be 0 .* got -1"):
-        main(["--batch", "-1", "--config", "tiny"])
 
 
 def test_paired_ratio_is_the_median_of_back_to_back_pairs():
