@@ -89,6 +89,9 @@ def _timed(fn) -> float:
 
 def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
+    if spec.get("retain_memory"):  # as the search and retrain stages run (both impls: the
+        from darts.hostmemory import retain_freed_memory  # ratios compare formulations, not allocators)
+        retain_freed_memory()
     torch.manual_seed(0)
     kind = spec["kind"]
     if kind == "search":
@@ -132,6 +135,10 @@ def main(argv: list[str] | None = None) -> None:
                     "steps run (FLOPs are still counted on the meta device)")
     ap.add_argument("--amp", action="store_true", help="bfloat16 autocast in our search and eval steps "
                     "(search.amp / retrain.amp); the reference stays float32, as the public code")
+    ap.add_argument("--no-retain-memory", action="store_true",
+                    help="run the workers with glibc malloc's defaults; by default each worker (ours and "
+                         "the reference alike) keeps freed memory for reuse, as the stages do "
+                         "(darts.hostmemory)")
     ap.add_argument("--e2e", action="store_true", help="also time `dvc repro` of the quick study")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each benchmark wait up to S seconds for the CPUs to be idle")
@@ -164,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeat):
             for impl in kinds:
                 spec = dict(cfgs[name], config=name, impl=impl, threads=args.threads, steps=args.steps,
-                            batch=args.batch, device=args.device, amp=args.amp)
+                            batch=args.batch, device=args.device, amp=args.amp,
+                            retain_memory=not args.no_retain_memory)
                 waited = wait_until_idle(args.wait_idle) if args.wait_idle else 0.0
                 row = _one_run(cfgs[name]["kind"], spec)
                 if waited:

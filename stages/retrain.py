@@ -16,6 +16,7 @@ from darts import checkpoint as ckpt
 from darts.data import BatchStream
 from darts.search import NonFiniteError
 from darts.evalnet import EvalNetwork, count_params_m
+from darts.hostmemory import retain_freed_memory
 from darts.space import Genotype, GenotypeError
 from darts.train import RetrainConfig, Retrainer
 
@@ -72,6 +73,7 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
     data_params = check_data(section(params, "data"))
     genotype = load_genotype(genotype_path)
     set_threads(extra["threads"])
+    retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
     device = pick_device(str(extra["device"]))
     train_set = load_prepared(prepared, "train")
 

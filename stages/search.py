@@ -17,6 +17,7 @@ import torch
 from darts import checkpoint as ckpt
 from darts.activations import make_activation
 from darts.data import BatchStream, split_indices
+from darts.hostmemory import retain_freed_memory
 from darts.regularizers import make_regularizer
 from darts.schedules import make_schedule, train_fraction
 from darts.search import SearchConfig, Searcher, evaluate_supernet
@@ -120,6 +121,7 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
     cfg, extra = search_settings(params, spec)
     data_params = check_data(section(params, "data"))
     set_threads(extra["threads"])
+    retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
     device = pick_device(str(extra["device"]))
     train_set = load_prepared(prepared, "train")
     searcher, split, val_eval = build(spec, cfg, extra, train_set, device, int(data_params.get("seed", 0)))

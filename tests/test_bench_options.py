@@ -93,3 +93,14 @@ def test_search_and_eval_benchmarks_run_on_the_gpu(small_tiny):
     from benchmarks.other_bench import eval_step
     row = eval_step({"config": "eval", "impl": "fast", "steps": 1, "device": "cuda", "amp": True})
     assert row["amp"] is True and row["peak_device_mb"] > 0
+
+
+def test_workers_keep_freed_memory_as_the_stages_do_unless_told(monkeypatch, capsys):
+    import benchmarks.run as run
+    specs = []
+    monkeypatch.setattr(run, "machine_line", lambda device: {"bench": "machine"})
+    monkeypatch.setattr(run, "_one_run", lambda kind, spec: specs.append(spec) or {"seconds_per_step": 1.0})
+    main(["--config", "tiny", "--impl", "both"])
+    main(["--config", "tiny", "--no-retain-memory"])
+    assert [s["retain_memory"] for s in specs] == [True, True, False]  # ours and the reference alike
+    assert [s["impl"] for s in specs] == ["fast", "reference", "fast"]
