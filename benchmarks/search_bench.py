@@ -143,6 +143,7 @@ def run(spec: dict) -> dict:
     timer.reset()
     loop.run_epoch(timer)
     row = {"bench": "search_step", "config": spec["config"], "impl": impl, "loop": loop_name,
-           "activation": activation, "order": order, "batch": batch, "amp": amp, "live_ops": {t: int(m.sum()) for t, m in net.live().items()}}
+           "activation": activation, "order": order, "batch": batch, "amp": amp,
+           "live_ops": {t: int(m.sum()) for t, m in net.live().items()}}
     row.update(timer.summary())
     return report(row, flops, 2 * batch, mm, device)

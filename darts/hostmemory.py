@@ -2,9 +2,9 @@
 
 A CPU training step allocates and frees its activations every step: ~200 MB at the
 paper search size. glibc serves each block above its mmap threshold (128 KiB at start,
-raised on the fly only up to the largest block freed so far) with a fresh ``mmap`` and
-gives the heap's free top back to the OS past 128 KiB, so the next step faults the same
-pages in again: 50–60k minor page faults and 0.2–0.4 s of system time per paper-size
+raised on the fly to the size of an mmapped block when one is freed) with a fresh ``mmap``,
+and gives the heap's free top back to the OS past twice that threshold, so the next step
+faults the same pages in again: 50–60k minor page faults and 0.2–0.4 s of system time per paper-size
 search step, measured. With the thresholds below the second step faults almost nothing.
 
 Process-wide, so the library never calls this by itself: the stage commands and the
