@@ -8,6 +8,7 @@ params, FIMT schedule, pruning timeline, training curves) are in ``figures_study
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -72,6 +73,58 @@ def thin(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
     if n <= max_points:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+
+
+def spread_labels(points: Sequence[tuple[float, float]], gap: float, lo: float,
+                  hi: float) -> list[tuple[float, float]]:
+    """Label positions for anchor ``points`` (x, y): x kept, y moved as little as possible
+    (least squares) so that labels are at least ``gap`` apart, in the anchors' y order
+    (ties: by x, then input order) and within [``lo``, ``hi``]; returned in input order.
+
+    Why least squares under order constraints: labels stay next to their points where there
+    is room and only a crowd is fanned out around its centre, and leader lines (anchor to
+    label) never cross within a column. Solved exactly by pool-adjacent-violators on
+    ``y_i - i·gap`` (the gap constraint becomes "non-decreasing"), then clipped to the range.
+    When the range is too short for ``gap`` the labels are spread evenly over it instead.
+    """
+    n, lo, hi = len(points), min(lo, hi), max(lo, hi)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lambda i: (points[i][1], points[i][0], i))
+    if n > 1 and (hi - lo) < (n - 1) * gap:  # cannot fit: even spacing is the best we can do
+        ys = [lo + (hi - lo) * k / (n - 1) for k in range(n)]
+    else:
+        blocks: list[list[float]] = []  # [mean, count] of pooled targets
+        for k, i in enumerate(order):
+            blocks.append([points[i][1] - k * gap, 1.0])
+            while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+                m2, c2 = blocks.pop()
+                m1, c1 = blocks[-1]
+                blocks[-1] = [(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2]
+        top = hi - (n - 1) * gap
+        q = [min(max(m, lo), top) for m, c in blocks for _ in range(int(c))]
+        ys = [qk + k * gap for k, qk in enumerate(q)]
+    out = [(0.0, 0.0)] * n
+    for k, i in enumerate(order):
+        out[i] = (points[i][0], ys[k])
+    return out
+
+
+def overlap_groups(extents: Sequence[tuple[float, float]]) -> list[list[int]]:
+    """Indices of intervals (x0, x1) grouped so that intervals of different groups never
+    overlap (connected components of the overlap graph), each group in ascending order.
+
+    Labels of different groups cannot collide whatever their heights, so each group is
+    spread vertically on its own and a crowd on the left does not push labels on the right."""
+    groups: list[list[int]] = []
+    end = -math.inf
+    for i in sorted(range(len(extents)), key=lambda i: (extents[i][0], i)):
+        if not groups or extents[i][0] >= end:
+            groups.append([])
+            end = -math.inf
+        groups[-1].append(i)
+        end = max(end, extents[i][1])
+    return [sorted(g) for g in groups]
 
 
 def chosen_edges(cell: Sequence[tuple[str, int]] | None) -> dict[int, str]:
