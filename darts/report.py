@@ -20,13 +20,16 @@ DASH = "—"
 def summarize(runs: pd.DataFrame, order: list[str], labels: dict[str, str]) -> pd.DataFrame:
     """One row per config (in `order`): n and mean/std (ddof=1; NaN for one seed) of each metric."""
     runs = runs.copy()
+    # a run of a genotype that was never searched has null search fields: NaN, shown as '—'
+    for col in ("search_seconds", *(c for c in METRICS if c != "search_hours")):
+        runs[col] = pd.to_numeric(runs[col], errors="coerce") if col in runs else math.nan
     runs["search_hours"] = runs["search_seconds"] / 3600.0
     rows = []
     for config in order:
         sub = runs[runs["config"] == config]
         row = {"config": config, "method": labels.get(config, config), "n": int(len(sub))}
         for col in METRICS:
-            values = sub[col].astype(float)
+            values = sub[col].astype(float).dropna()
             row[f"{col}_mean"] = values.mean() if len(values) else math.nan
             row[f"{col}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
         devices = sorted(set(sub["device"].astype(str))) if "device" in sub else []

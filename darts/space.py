@@ -105,6 +105,9 @@ class Genotype:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Genotype":
+        if not isinstance(d, dict):
+            raise GenotypeError(f"genotype must be a mapping with keys normal, reduce, *_concat; "
+                                f"got {type(d).__name__}")
         missing = {"normal", "reduce"} - set(d)
         if missing:
             raise GenotypeError(f"genotype is missing keys {sorted(missing)}; expected normal, reduce, *_concat")
@@ -132,23 +135,95 @@ class Genotype:
 
     @classmethod
     def from_darts_text(cls, text: str) -> "Genotype":
-        """Parse the DARTS text form with ``ast.literal_eval`` (never ``eval``)."""
-        text = text.strip()
-        m = re.fullmatch(r"Genotype\((.*)\)", text, flags=re.S)
-        if not m:
-            raise GenotypeError(f"not a DARTS genotype string: {text[:60]!r}")
-        fields = {}
-        for key in ("normal", "normal_concat", "reduce", "reduce_concat"):
-            km = re.search(rf"\b{key}\s*=\s*(\[[^\]]*\]|range\(\s*\d+\s*,\s*\d+\s*\))", m.group(1))
-            if km is None:
-                raise GenotypeError(f"DARTS genotype string has no {key}=[...]")
-            raw = km.group(1)
-            rm = re.fullmatch(r"range\(\s*(\d+)\s*,\s*(\d+)\s*\)", raw)
-            try:
-                fields[key] = list(range(int(rm.group(1)), int(rm.group(2)))) if rm else ast.literal_eval(raw)
-            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
-                raise GenotypeError(f"DARTS genotype string: {key}={raw[:60]!r} is not a literal list") from e
+        """Parse the DARTS ``Genotype(normal=[...], normal_concat=..., ...)`` text.
+
+        The text is read as a syntax tree and only literals and ``range(a, b)`` are taken
+        from it (never ``eval``): a genotype file from the internet cannot run code.
+        Keywords or the namedtuple's positional order are both accepted.
+        """
+        src = text.strip()
+        try:
+            call = ast.parse(src, mode="eval").body
+        except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+            raise GenotypeError(f"DARTS genotype string {shorten(src)} is not valid syntax ({type(e).__name__}); "
+                                f"expected {DARTS_TEXT_FORM}") from None
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"):
+            raise GenotypeError(f"not a DARTS genotype string: {shorten(src)}; expected {DARTS_TEXT_FORM}")
+        if len(call.args) > len(DARTS_FIELDS):
+            raise GenotypeError(f"DARTS genotype string has {len(call.args)} positional fields; expected "
+                                f"at most {len(DARTS_FIELDS)} ({', '.join(DARTS_FIELDS)})")
+        named = list(zip(DARTS_FIELDS, call.args)) + [(kw.arg, kw.value) for kw in call.keywords]
+        fields: dict[str, object] = {}
+        for key, node in named:
+            if key not in DARTS_FIELDS:
+                raise GenotypeError(f"DARTS genotype string has field {key}=; valid fields: {', '.join(DARTS_FIELDS)}")
+            if key in fields:
+                raise GenotypeError(f"DARTS genotype string gives {key} twice")
+            fields[key] = _darts_value(key, node)
+        for key in DARTS_FIELDS:
+            if key not in fields:
+                raise GenotypeError(f"DARTS genotype string has no {key}=[...]; expected {DARTS_TEXT_FORM}")
         return cls.from_dict(fields)
+
+
+DARTS_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")  # the namedtuple's order
+DARTS_TEXT_FORM = ("Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), reduce=[...], "
+                   "reduce_concat=range(2, 6))")
+
+
+def _darts_value(key: str, node: ast.expr) -> object:
+    """A field of the DARTS text: a literal, or ``range(a, b)`` with small integer bounds
+    (Python 3 prints DARTS' concat as a range object)."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
+        bounds = [a.value if isinstance(a, ast.Constant) else None for a in node.args]
+        if node.keywords or len(bounds) != 2 or not all(type(b) is int and 0 <= b <= 64 for b in bounds):
+            raise GenotypeError(f"DARTS genotype string: {key}={shorten(ast.unparse(node))[1:-1]} is invalid; "
+                                f"expected range(2, 6) or [2, 3, 4, 5]")
+        return list(range(*bounds))
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise GenotypeError(f"DARTS genotype string: {key}={shorten(ast.unparse(node))[1:-1]} is not a literal "
+                            "list of (op name, source state) pairs") from None
+
+
+def shorten(text: str, width: int = 60) -> str:
+    """``repr`` of ``text`` on one line, cut in the middle when long, for error messages
+    that name what the user gave (a whole genotype string would bury the message)."""
+    if len(text) > width:
+        text = text[: width - 20] + " … " + text[-17:]
+    return repr(text)
+
+
+def genotype_format(text: str) -> str | None:
+    """The textual form of a genotype: "json" (``{...}``), "darts" (``Genotype(...)``), or None.
+
+    The single dispatch point of ``parse_genotype``: later forms (a published genotype's
+    name, pt.darts' nested per-node lists) are recognised here and parsed there."""
+    head = text.lstrip()
+    if head.startswith("{"):
+        return "json"
+    if re.match(r"Genotype\s*\(", head):
+        return "darts"
+    return None
+
+
+def parse_genotype(text: str) -> Genotype:
+    """A genotype from its text in any accepted form (see ``genotype_format``), checked
+    against S; raises GenotypeError (one line) naming the problem."""
+    form = genotype_format(text)
+    if form == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GenotypeError(f"invalid JSON ({e})") from None
+        except RecursionError:
+            raise GenotypeError("invalid JSON (nested too deeply)") from None
+        return Genotype.from_dict(data)
+    if form == "darts":
+        return Genotype.from_darts_text(text)
+    raise GenotypeError(f"{shorten(text.strip())} is neither a JSON genotype {{\"normal\": [...], ...}} "
+                        f"nor DARTS text {DARTS_TEXT_FORM}")
 
 
 def _validate_cell(name: str, cell: list[tuple[str, int]]) -> None:

@@ -40,6 +40,15 @@ def _guard(fn, *args, **kwargs):
         raise typer.Exit(3)
 
 
+@app.command("check-params")
+def check_params(params: str = PARAMS, out: str = typer.Option("data/params.ok", "--out")) -> None:
+    """Validate every value of params.yaml (the first DVC stage: a typo costs nothing)."""
+    from . import check_params as stage
+
+    n = _guard(stage.run, params, out)
+    typer.echo(f"params.yaml is valid ({n} runs: the study's configs × seeds and the variant run)")
+
+
 @app.command("prepare-split")
 def prepare_split(params: str = PARAMS, out: str = typer.Option("data/prepared", "--out")) -> None:
     """Materialise the train/test sets (uint8 tensors) from params.data."""
@@ -70,7 +79,8 @@ def discretize(search_dir: str = typer.Option(..., "--search", help="search outp
 
 
 @app.command()
-def retrain(genotype: str = typer.Option(..., "--genotype", help="genotype.json"),
+def retrain(genotype: str = typer.Option(..., "--genotype", help="genotype.json, genotype.txt (DARTS "
+                                          "Genotype(...) text), or that text inline"),
             out: str = typer.Option(..., "--out"), config: Optional[str] = CONFIG, seed: Optional[int] = SEED,
             params: str = PARAMS, prepared: str = PREPARED) -> None:
     """Train the evaluation network of a genotype from scratch (resumable)."""
@@ -81,7 +91,8 @@ def retrain(genotype: str = typer.Option(..., "--genotype", help="genotype.json"
 
 @app.command()
 def test(retrain_dir: str = typer.Option(..., "--retrain", help="retrain output folder"),
-         search_dir: str = typer.Option(..., "--search", help="search output folder"),
+         search_dir: Optional[str] = typer.Option(None, "--search", help="search output folder of the same run; "
+                                                  "omit for a genotype that was not searched (search fields null)"),
          out: str = typer.Option(..., "--out", help="metrics json to write"), prepared: str = PREPARED,
          device: str = typer.Option("auto", "--device")) -> None:
     """Test error of the retrained network; writes the run's metrics file."""

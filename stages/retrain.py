@@ -8,6 +8,7 @@ as TSV, declared as DVC plots for the variant chain) and `log.txt`.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from darts.data import BatchStream
 from darts.search import NonFiniteError
 from darts.evalnet import EvalNetwork, count_params_m
 from darts.hostmemory import retain_freed_memory
-from darts.space import Genotype, GenotypeError
+from darts.space import Genotype, GenotypeError, genotype_format, parse_genotype, shorten
 from darts.train import RetrainConfig, Retrainer
 
 from .common import set_threads, CHECKPOINT_ROOT, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
@@ -56,14 +57,55 @@ def retrain_settings(params: dict) -> tuple[RetrainConfig, dict]:
     return cfg, extra
 
 
-def load_genotype(path: str | Path) -> Genotype:
-    p = Path(path)
-    if not p.is_file():
-        raise ParamsError(f"genotype file {p} is missing; run `darts discretize` first")
+GENOTYPE_FORMS = ("--genotype takes a genotype.json file, a file of DARTS Genotype(normal=[...], "
+                  "normal_concat=range(2, 6), reduce=[...], reduce_concat=range(2, 6)) text (genotype.txt), "
+                  "or that text inline")
+MAX_GENOTYPE_BYTES = 1 << 20  # a genotype is < 1 kB; anything this big is the wrong file
+
+
+def read_genotype(arg: str) -> tuple[Genotype, dict]:
+    """The genotype of `--genotype ARG` and where it came from (recorded in retrain.json).
+
+    ARG is a file (content decides the form: JSON or DARTS text, so genotype.txt works
+    too) or the genotype text itself. What ARG means is decided here and what text
+    means in darts.space.parse_genotype, so a new form is added in one place. Every
+    failure is one line naming ARG (shortened) and the accepted forms.
+    """
+    path_like = len(arg) <= 255 and "\n" not in arg  # shown whole: the user must see which path
+    shown = repr(arg) if path_like else shorten(arg)
+    if not arg.strip():
+        raise ParamsError(f"--genotype {shown} is empty; {GENOTYPE_FORMS}")
+    p = Path(arg)
     try:
-        return Genotype.from_json(p.read_text())
-    except (GenotypeError, ValueError, TypeError) as e:
-        raise ParamsError(f"genotype file {p} is invalid: {e}") from None
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except (OSError, ValueError):  # a name too long for the file system: inline text, or nothing
+        is_dir = is_file = False
+    form = genotype_format(arg)
+    if form is not None and not is_file:
+        try:
+            return parse_genotype(arg), {"inline": True, "path": None, "format": form}
+        except GenotypeError as e:
+            raise ParamsError(f"--genotype text {shorten(arg)} is invalid: {e}; {GENOTYPE_FORMS}") from None
+    if is_dir:
+        hint = f" (pass {p / 'genotype.json'})" if (p / "genotype.json").is_file() else ""
+        raise ParamsError(f"--genotype {shown} is a directory{hint}; {GENOTYPE_FORMS}")
+    if not is_file:
+        hint = " (`darts discretize` writes genotype.json and genotype.txt)" if path_like else ""
+        raise ParamsError(f"--genotype {shown} is neither an existing file nor genotype text{hint}; {GENOTYPE_FORMS}")
+    if p.stat().st_size > MAX_GENOTYPE_BYTES:
+        raise ParamsError(f"genotype file {p} is {p.stat().st_size} bytes, too large for a genotype; {GENOTYPE_FORMS}")
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise ParamsError(f"genotype file {p} is not a text file; {GENOTYPE_FORMS}") from None
+    except OSError as e:
+        raise ParamsError(f"genotype file {p} cannot be read ({e.strerror}); {GENOTYPE_FORMS}") from None
+    if not text.strip():
+        raise ParamsError(f"genotype file {p} is empty; {GENOTYPE_FORMS}")
+    try:
+        return parse_genotype(text), {"inline": False, "path": arg, "format": genotype_format(text)}
+    except GenotypeError as e:
+        raise ParamsError(f"genotype file {p} is invalid: {e}; {GENOTYPE_FORMS}") from None
 
 
 def run(params_path: str, config: str | None, seed: int | None, genotype_path: str, prepared: str, out: str) -> dict:
@@ -71,7 +113,7 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
     spec = run_spec(params, config, seed)
     cfg, extra = retrain_settings(params)
     data_params = check_data(section(params, "data"))
-    genotype = load_genotype(genotype_path)
+    genotype, genotype_source = read_genotype(genotype_path)
     set_threads(extra["threads"])
     retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
     device = pick_device(str(extra["device"]))
@@ -134,7 +176,9 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
     ckpt.save_atomic({"state": model.state_dict(), "genotype": genotype.to_dict(), "C": extra["C"],
                       "layers": extra["layers"], "auxiliary": bool(extra["auxiliary"]),
                       "n_classes": len(train_set.classes)}, out_dir / "model.pt")
-    summary = {"params_m": count_params_m(model), "device": device_label(device),
+    # the run's own identity, so `darts test` needs no search (a published genotype has none)
+    summary = {"run": asdict(spec), "genotype_source": genotype_source, "genotype": genotype.to_dict(),
+               "params_m": count_params_m(model), "device": device_label(device),
                "retrain_seconds": sum(r.get("seconds", 0.0) for r in curve), "epochs": curve}
     write_curve(curve, out_dir / "epochs.tsv")
     ckpt.write_json_atomic(summary, out_dir / "retrain.json")

@@ -202,3 +202,50 @@ def test_missing_params_file(tmp_path):
 def test_scale_unknown(tmp_path):
     r = _invoke(tmp_path, tiny_params(), ["scale", "huge"])
     _assert_one_line_error(r, "huge", "paper", "quick")
+
+
+def _darts_text(old: str = "", new: str = "") -> str:
+    from darts.space import DARTS_V2
+
+    return DARTS_V2.to_darts_text().replace("[2, 3, 4, 5]", "range(2, 6)").replace(old, new, 1)
+
+
+FORMS = "--genotype takes a genotype.json file"  # every --genotype error ends with the accepted forms
+GENOTYPE_ARG_CASES = {  # name -> (how to build the --genotype argument in tmp_path, words the message must contain)
+    "missing_path": (lambda d: str(d / "nope" / "genotype.json"), ["nope/genotype.json", "neither an existing file"]),
+    "too_long_string": (lambda d: "x" * 5000, ["xxxx … xxxx", "neither an existing file"]),
+    "empty_string": (lambda d: "", ["''", "empty"]),
+    "directory": (lambda d: str(d), ["is a directory"]),
+    "invalid_json_file": (lambda d: _file(d / "genotype.json", '{"normal": [["sep_conv_3x3", 0],'),
+                          ["genotype.json", "invalid JSON"]),
+    "empty_file": (lambda d: _file(d / "genotype.txt", "\n"), ["genotype.txt", "is empty"]),
+    "not_a_genotype_file": (lambda d: _file(d / "genotype.txt", "hello"), ["'hello'", "neither a JSON genotype"]),
+    "text_file_unknown_op": (lambda d: _file(d / "genotype.txt", _darts_text("dil_conv_3x3", "conv_9x9")),
+                             ["genotype.txt", "'conv_9x9'", "valid ops: max_pool_3x3"]),
+    "inline_unknown_op": (lambda d: _darts_text("dil_conv_3x3", "conv_9x9"),
+                          ["--genotype text \"Genotype(normal=", "'conv_9x9'", "valid ops: max_pool_3x3"]),
+    "inline_wrong_node_count": (lambda d: _darts_text("('sep_conv_3x3', 0), ", ""), ["normal has 7", "expected 8"]),
+    "inline_none_op": (lambda d: _darts_text("('sep_conv_3x3', 1)", "('none', 1)"), ["'none'", "not allowed"]),
+    "inline_same_source": (lambda d: _darts_text("('sep_conv_3x3', 1)", "('sep_conv_3x3', 0)"),
+                           ["both edges", "state 0"]),
+    "inline_bad_concat": (lambda d: _darts_text("range(2, 6)", "range(2, 7)"), ["normal_concat", "[2, 3, 4, 5]"]),
+    "inline_not_literal": (lambda d: _darts_text("[", "[__import__('os').getcwd(), ", ), ["not a literal"]),
+    "inline_invalid_json": (lambda d: '{"normal": ', ["--genotype text", "invalid JSON"]),
+}
+
+
+def _file(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", list(GENOTYPE_ARG_CASES))
+def test_bad_genotype_argument(tmp_path, prepared, case):
+    build, needles = GENOTYPE_ARG_CASES[case]
+    arg = build(tmp_path)
+    out = tmp_path / "o"
+    r = _invoke(tmp_path, tiny_params(), ["retrain", "--config", "DARTS", "--genotype", arg, "--prepared",
+                                          str(prepared), "--out", str(out)])
+    _assert_one_line_error(r, *needles, FORMS, "inline")
+    assert len(r.output) < 1200, r.output  # a 5000-character argument is shortened, not echoed
+    assert not (out / "model.pt").exists()
