@@ -41,29 +41,59 @@ def alternate() -> Constant:
     return Constant(k=1, name="alternate")
 
 
+#: FIMT's cycle at constant F: "k" (paper text, §3.2/§4.1: exactly k w steps per α step) or
+#: "k+1" (the authors' code: one α step per k + 1 w steps)
+FIMT_CYCLES = ("k", "k+1")
+
+
 @dataclass
 class FIMT:
     """Dynamic schedule on the trace of the empirical Fisher information.
 
     F (Σ grad² over network weights, before clipping) is smoothed as
     F̄ ← λF + (1 − λ)F̄ (F̄ = F at the first step). An α step is due iff 0 < F̄ < T.
-    After an iteration with an α step T ← T·m^(−k), otherwise T ← T·m; with a constant
-    F this settles into one α step every k + 1 iterations (k w steps between them).
+    After an iteration without an α step T ← T·m; after one with an α step T ← T·m^(−d).
+
+    Why d = k − 1 (``cycle="k"``, the default): every iteration takes one w step, so at a
+    constant F the schedule settles into cycles of one iteration with an α step and j
+    without, and log_m T must come back to where it was: j − d = 0, i.e. j = d. A cycle
+    is then d + 1 w steps per α step; the paper (§3.2) computes the factors "to maintain
+    the desired average frequency of α updates, assuming the FIMT were constant", and
+    that frequency is k = 10 w steps per α step (§4.1: the 10/11 data split, CS10's
+    exactly 10). So d = k − 1. (Exactly: with T = F·m^δ, 0 < δ ≤ 1, just before an α
+    step, T = F·m^(δ−d+j) after j more iterations, due again once δ − d + j > 0, i.e.
+    at j = d, and T is back to F·m^δ.) k = 1 gives d = 0: T is left alone and, once
+    above F, an α step comes every iteration, DARTS' alternate schedule.
+
+    ``cycle="k+1"`` keeps the authors' code, d = k (T ← T·m^(−k), paper-notes): the cycle
+    is k + 1 = 11 w steps per α step, though the data split still assumes k (``ratio``).
     """
 
     k: int = 10
     lam: float = 0.2
     m: float = 1.05
     threshold: float = 1.0
+    cycle: str = "k"
     fbar: float = 0.0
     step: int = 0
     name: str = "fimt"
     needs_fisher = True
     _started: bool = field(default=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.cycle not in FIMT_CYCLES:
+            raise ValueError(f"unknown FIMT cycle {self.cycle!r}; valid: {', '.join(FIMT_CYCLES)}")
+
     @property
     def ratio(self) -> float:
+        """The expected w steps per α step the data split is made for: k in both cycles (the
+        authors split 10/11 too)."""
         return float(self.k)
+
+    @property
+    def down_exponent(self) -> int:
+        """d in T ← T·m^(−d) after an α step: k − 1 (paper text) or k (authors' code)."""
+        return self.k - 1 if self.cycle == "k" else self.k
 
     def alpha_step_due(self) -> bool:
         return 0.0 < self.fbar < self.threshold
@@ -71,7 +101,7 @@ class FIMT:
     def observe(self, took_alpha: bool, fisher: float | None = None) -> dict:
         if fisher is None or not math.isfinite(fisher):
             raise ValueError(f"FIMT needs a finite Fisher trace at step {self.step}, got {fisher}")
-        self.threshold *= self.m ** (-self.k) if took_alpha else self.m
+        self.threshold *= self.m ** (-self.down_exponent) if took_alpha else self.m
         self.fbar = fisher if not self._started else self.lam * fisher + (1.0 - self.lam) * self.fbar
         self._started = True
         self.step += 1
@@ -88,13 +118,15 @@ class FIMT:
 SCHEDULES = ("alternate", "constant", "fimt")
 
 
-def make_schedule(name: str, k: int = 10, lam: float = 0.2, m: float = 1.05, threshold: float = 1.0):
+def make_schedule(name: str, k: int = 10, lam: float = 0.2, m: float = 1.05, threshold: float = 1.0,
+                  fimt_cycle: str = "k"):
+    """The schedule called ``name``; ``fimt_cycle`` is FIMT's (see :class:`FIMT`), ignored otherwise."""
     if name == "alternate":
         return alternate()
     if name == "constant":
         return Constant(k=k)
     if name == "fimt":
-        return FIMT(k=k, lam=lam, m=m, threshold=threshold)
+        return FIMT(k=k, lam=lam, m=m, threshold=threshold, cycle=fimt_cycle)
     raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
 
 

@@ -16,9 +16,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .constraints import count_ties, tie_key
 from .history import History
 from .supernet import SearchNetwork
 from .train import autocast, clip_grad_norm, evaluate, frozen_gc, sgd
+from .unrolled import BN_STATS
 
 
 class NonFiniteError(RuntimeError):
@@ -41,6 +43,7 @@ class SearchConfig:
     alpha_weight_decay: float = 1e-3
     order: int = 1
     unrolled_eps: float = 0.01
+    unrolled_bn_stats: str = "untouched"  # second order: BN running stats in the α step (darts.unrolled)
     amp: bool = False  # bfloat16 autocast of forward/loss (weights, optimizers, α stay float32)
 
     def validate(self) -> None:
@@ -65,6 +68,9 @@ class SearchConfig:
             raise ValueError(f"search.amp={self.amp!r} is invalid; valid: true, false")
         if self.order not in (1, 2):
             raise ValueError(f"search.order={self.order!r} is invalid; valid: 1 (first order), 2 (unrolled)")
+        if self.unrolled_bn_stats not in BN_STATS:
+            raise ValueError(f"search.unrolled_bn_stats={self.unrolled_bn_stats!r} is invalid; valid: untouched "
+                             "(a second-order α step leaves BN running stats alone), darts (DARTS' code)")
 
 
 def _check_finite(t: torch.Tensor, what: str, step: int) -> None:
@@ -138,7 +144,7 @@ class Searcher:
             from .unrolled import unrolled_alpha_grads
 
             ce, grads = unrolled_alpha_grads(self.net, self.w_opt, train_batch, (x, y),
-                                             self.cfg.unrolled_eps)
+                                             self.cfg.unrolled_eps, self.cfg.unrolled_bn_stats)
             pen = self.reg.penalty(self.net, self.step / self.total_steps)
             if pen is not None:
                 grads = [g + pg for g, pg in zip(grads, torch.autograd.grad(pen, self.a_params))]
@@ -285,3 +291,12 @@ def evaluate_supernet(net: SearchNetwork, batches) -> dict:
     the device and read once (``darts.train.evaluate``), not twice per batch."""
     r = evaluate(net, batches)
     return {"val_loss": r["loss"], "val_acc": r["acc"]}
+
+
+def final_ties(net: SearchNetwork, tie_break: str) -> dict[str, dict[str, int]]:
+    """Per cell type, how many of Π_S's choices at the network's current α a tie of activated
+    values decided under rule ``tie_break`` (``darts.constraints.count_ties``): the record
+    that tells whether the genotype rests on CRB's frozen ties at 1.0."""
+    live = net.live()
+    return {t: count_ties(w.detach(), live[t], net.ops, tie_key(net.alphas()[t].detach(), tie_break))
+            for t, w in net.weights().items()}

@@ -4,13 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from darts.activations import CRB
 from darts.constraints import (
     ProjectionError,
     choose_edges,
+    count_ties,
     derive_cell,
     derive_genotype,
     candidate_edges_per_node,
     project,
+    tie_key,
 )
 from darts.space import Genotype, node_edge_rows, search_ops
 
@@ -171,21 +174,95 @@ def test_projection_error_when_node_has_fewer_than_two_candidate_edges():
 
 def test_project_makes_the_choice_of_choose_edges_on_random_alpha():
     """Property check of the tensor form of Π_S against the host walk: random α on a coarse
-    grid (ties between edges and between ops everywhere), random pruning, both op sets."""
+    grid (ties between edges and between ops everywhere), random pruning, both op sets, and
+    both tie rules: raw=None (lowest index) and a raw α on a coarse grid of its own (ties of
+    the activated values broken by it, some of them tied again)."""
     g = torch.Generator().manual_seed(5)
-    compared = 0
-    for trial in range(400):
+    compared = {None: 0, "raw": 0}
+    for trial in range(800):
         ops = SOFTMAX_OPS if trial % 2 else CRB_OPS
         k = len(ops)
         a = torch.randint(-3, 4, (14, k), generator=g).float() / 4
+        raw = None if trial % 4 < 2 else torch.randint(0, 3, (14, k), generator=g).float()
         live = torch.rand(14, k, generator=g) > 0.5
         try:
-            pairs = choose_edges(a, live, ops)
+            pairs = choose_edges(a, live, ops, raw)
         except ProjectionError:
             continue
         want = torch.zeros(14, k)
         for r, o in pairs:
             want[r, o] = 1.0
-        assert torch.equal(project(a, live, ops), want), trial
-        compared += 1
-    assert compared > 200
+        assert torch.equal(project(a, live, ops, raw), want), trial
+        compared[None if raw is None else "raw"] += 1
+    assert min(compared.values()) > 200
+
+
+# --- CRB's ties at the clip value (constraints module docstring, "Ties") -------------------------
+MAX7, AVG7, SKIP7, SEP3_7, SEP5_7, DIL3_7, DIL5_7 = range(7)
+
+
+def crb_tie_alpha() -> torch.Tensor:
+    """14×7 raw α (CRB op order); every unset entry .2. After clamp(α, 0, 1):
+
+    node 0 (rows 0,1):     row0 max=1.3, sep3=1.7 (both 1.0: raw picks sep3, index max);  row1 skip=.6
+    node 1 (rows 2,3,4):   row2 dil5=1.2;  row3 skip=1.05;  row4 avg=2.0: three edges tied at 1.0,
+                           raw picks rows 4, 2 (sources 2, 0), index rows 2, 3 (sources 0, 1)
+    node 2 (rows 5..8):    row5 sep5=.9;  row6 dil3=.8 (no tie)
+    node 3 (rows 9..13):   row9 max = sep3 = 1.0 (raw ties too: index decides, max);  row12 sep5=.95
+    """
+    a = torch.full((14, 7), 0.2)
+    a[0, MAX7], a[0, SEP3_7] = 1.3, 1.7
+    a[1, SKIP7] = 0.6
+    a[2, DIL5_7], a[3, SKIP7], a[4, AVG7] = 1.2, 1.05, 2.0
+    a[5, SEP5_7], a[6, DIL3_7] = 0.9, 0.8
+    a[9, MAX7] = a[9, SEP3_7] = 1.0
+    a[12, SEP5_7] = 0.95
+    return a
+
+
+CHOICE_RAW = [(0, SEP3_7), (1, SKIP7), (4, AVG7), (2, DIL5_7), (5, SEP5_7), (6, DIL3_7), (9, MAX7), (12, SEP5_7)]
+CHOICE_INDEX = [(0, MAX7), (1, SKIP7), (2, DIL5_7), (3, SKIP7), (5, SEP5_7), (6, DIL3_7), (9, MAX7), (12, SEP5_7)]
+CELL_RAW = [("sep_conv_3x3", 0), ("skip_connect", 1), ("avg_pool_3x3", 2), ("dil_conv_5x5", 0),
+            ("sep_conv_5x5", 0), ("dil_conv_3x3", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 3)]
+CELL_INDEX = [("max_pool_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 0), ("skip_connect", 1),
+              ("sep_conv_5x5", 0), ("dil_conv_3x3", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 3)]
+
+
+@pytest.mark.parametrize("rule, choice, cell, ties", [
+    ("raw_alpha", CHOICE_RAW, CELL_RAW, {"op": 2, "edge": 1, "by_index": 1}),
+    ("index", CHOICE_INDEX, CELL_INDEX, {"op": 2, "edge": 1, "by_index": 3}),
+])
+def test_crb_ties_at_the_clip_value(rule, choice, cell, ties):
+    alpha = crb_tie_alpha()
+    live = all_live(7)
+    w = CRB()(alpha, live)
+    assert w[0, MAX7] == w[0, SEP3_7] == w[2, DIL5_7] == w[3, SKIP7] == w[4, AVG7] == 1.0  # the ties
+    raw = tie_key(alpha, rule)
+    assert (raw is None) == (rule == "index")
+    assert choose_edges(w, live, CRB_OPS, raw) == choice
+    assert derive_cell(w, live, CRB_OPS, raw) == cell
+    assert torch.equal(project(w, live, CRB_OPS, raw), one_hot(choice, 7))  # device form agrees
+    assert count_ties(w, live, CRB_OPS, raw) == ties
+    g = derive_genotype({"normal": w, "reduce": w}, {"normal": live, "reduce": live}, CRB_OPS,
+                        {"normal": raw, "reduce": raw})
+    assert g.normal == g.reduce == cell
+
+
+def test_tie_rules_agree_without_ties_and_count_none():
+    a = hand_alpha()
+    assert choose_edges(a, all_live(), SOFTMAX_OPS, torch.softmax(a, 1)) == choose_edges(a, all_live(), SOFTMAX_OPS)
+    w = torch.softmax(torch.randn(14, 8, generator=torch.Generator().manual_seed(1)), 1)
+    assert count_ties(w, all_live(), SOFTMAX_OPS, w) == {"op": 0, "edge": 0, "by_index": 0}
+    # hand_alpha's own ties (row 13 sep3 = sep5; rows 6, 7 at .6 is inside the pair, not a tie
+    # of the choice) under the index rule: one op tie
+    assert count_ties(a, all_live(), SOFTMAX_OPS) == {"op": 1, "edge": 0, "by_index": 1}
+    with pytest.raises(ValueError, match="valid: raw_alpha, index"):
+        tie_key(a, "lowest")
+
+
+def test_project_with_raw_alpha_reads_nothing_back():
+    """The raw-α tie break adds only tensor arithmetic: on `meta` (no data) any read would raise."""
+    a = torch.empty(14, 7, device="meta")
+    live = torch.ones(14, 7, dtype=torch.bool, device="meta")
+    p = project(a, live, CRB_OPS, a)
+    assert p.device.type == "meta" and p.shape == (14, 7)

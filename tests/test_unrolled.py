@@ -8,6 +8,8 @@ net this small crosses kinks, so only a small ε checks the formula itself.
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,3 +179,103 @@ def test_unrolled_with_pruned_crb_ops():
     assert_bitwise_same(net, snap)
     assert grads[0][0, 3] == 0.0 and grads[1][2, 6] == 0.0
     assert rel(grads, exact) < 1e-5
+
+
+# --- BatchNorm running statistics (darts.unrolled's docstring) ------------------------------
+STAT_NAMES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def bn_buffers(net) -> dict[str, torch.Tensor]:
+    """Every running-statistics buffer by name, found independently of darts.unrolled (by name)."""
+    bufs = {n: b.detach().clone() for n, b in net.named_buffers() if n.rsplit(".", 1)[-1] in STAT_NAMES}
+    assert bufs
+    return bufs
+
+
+def warmed(activation, seed):
+    """A tiny float64 net whose BN buffers are no longer at their initial values."""
+    net = tiny(activation, seed=seed)
+    with torch.no_grad():
+        net(batches(seed + 10)[0][0])
+    return net
+
+
+@pytest.mark.parametrize("activation", [Softmax, CRB])
+def test_unrolled_step_leaves_every_bn_buffer_untouched_and_gradients_unchanged(activation):
+    net = warmed(activation(), seed=7)
+    assert any(n.endswith("node_bn.0.running_mean") for n in bn_buffers(net)) == (activation is CRB)
+    train, val = batches(7)
+    lr, wd = 0.1, 3e-4
+    opt = torch.optim.SGD(net.weight_parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    twin = copy.deepcopy(net)
+    twin_opt = torch.optim.SGD(twin.weight_parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    before, snap = bn_buffers(net), snapshot(net)
+    loss, grads = unrolled_alpha_grads(net, opt, train, val, eps_scale=EPS)
+    after = bn_buffers(net)
+    assert all(torch.equal(after[n], before[n]) for n in before)  # bit for bit, every buffer
+    assert_bitwise_same(net, snap)
+    # DARTS' choice moves them (three train-batch passes), and the gradients are the same bits:
+    # train-mode BN never reads its running statistics
+    loss2, grads2 = unrolled_alpha_grads(twin, twin_opt, train, val, eps_scale=EPS, bn_stats="darts")
+    moved = bn_buffers(twin)
+    assert max((moved[n] - before[n]).abs().max().item() for n in before if "running" in n) > 1e-3
+    assert torch.equal(loss, loss2) and all(torch.equal(g, h) for g, h in zip(grads, grads2))
+    exact, *_ = exact_unrolled(copy.deepcopy(twin), train, val, lr, wd)
+    assert rel(grads, exact) < 1e-5
+
+
+def test_darts_bn_stats_are_the_three_train_passes_not_the_virtual_val_pass():
+    """bn_stats="darts": the buffers end as three train-mode passes of the train batch at w leave
+    them (w ± εv differ from w by ‖εv‖ = 1e-7 here), not as the validation pass at w′ would."""
+    net = warmed(Softmax(), seed=8)
+    train, val = batches(8)
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    replay, with_val = copy.deepcopy(net), copy.deepcopy(net)
+    before = bn_buffers(net)
+    unrolled_alpha_grads(net, opt, train, val, eps_scale=EPS, bn_stats="darts")
+    got = bn_buffers(net)
+    with torch.no_grad():
+        for _ in range(3):
+            replay(train[0])
+        for x in (train[0], val[0], train[0], train[0]):  # what every pass on the network gave
+            with_val(x)
+    want, today = bn_buffers(replay), bn_buffers(with_val)
+    for n in got:
+        if n.endswith("num_batches_tracked"):
+            assert got[n] - before[n] == 3 or got[n] == before[n]  # each BN that ran: 3 passes
+            assert torch.equal(got[n], want[n])
+        else:
+            assert torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-9), n
+    gap = max((today[n] - want[n]).abs().max().item() for n in got if "running" in n)
+    assert gap > 1e-2  # the validation pass would have moved them visibly
+
+
+def test_bn_stats_choice_is_checked():
+    net = tiny(Softmax(), seed=0)
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="valid: untouched, darts"):
+        unrolled_alpha_grads(net, opt, *batches(0), bn_stats="copy")
+
+
+def test_second_order_search_iteration_only_the_w_step_moves_bn_stats():
+    """One search iteration (α step, then w step) of a second-order Searcher: its BN buffers end as
+    the w step's forward alone leaves them: a copy of the net from before the iteration, given the
+    new α and run forward once on the train batch, has the same buffers, bit for bit."""
+    from darts.regularizers import NoRegularizer
+    from darts.schedules import alternate
+    from darts.search import SearchConfig, Searcher
+    from netutil import FixedBatches
+
+    net = warmed(Softmax(), seed=9)
+    train, val = batches(9)
+    s = Searcher(net, SearchConfig(epochs=1, batch_size=4, order=2, alpha_lr=0.1), alternate(), NoRegularizer(),
+                 FixedBatches(train, 1), FixedBatches(val, 1))
+    replay = copy.deepcopy(net)
+    assert s.run_epoch() is not None and len(s.history.alpha_steps) == 2  # the initial record + 1 step
+    with torch.no_grad():
+        for t, a in net.alphas().items():
+            replay.alphas()[t].copy_(a)
+        replay(train[0])
+    assert not torch.equal(net.alpha_normal, tiny(Softmax(), seed=9).alpha_normal)
+    got, want = bn_buffers(net), bn_buffers(replay)
+    assert all(torch.equal(got[n], want[n]) for n in want)
