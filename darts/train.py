@@ -146,7 +146,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _steps_in(batches: Iterable[Batch]) -> int:
-    """Batches per epoch for progress hooks; 0 when the iterable has no length."""
+    """Batches the iterable yields (``BatchStream.epoch_batches()`` has a length); 0 when it
+    has none, which progress hooks read as "unknown"."""
     return len(batches) if isinstance(batches, Sized) else 0
 
 
@@ -174,6 +175,11 @@ class Retrainer:
     def done(self) -> bool:
         return self.epoch >= self.cfg.epochs
 
+    @property
+    def mid_epoch(self) -> bool:
+        """An epoch was stopped part-way (its partial sums are kept for the resume)."""
+        return self._acc is not None
+
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
@@ -184,7 +190,10 @@ class Retrainer:
         "loss" is the mean optimised objective (CE + auxiliary_weight·CE_aux, as DARTS
         logs it); "acc" is the top-1 fraction of the main head. If `should_stop()` turns
         true between steps, returns None with the epoch's partial sums kept in the state,
-        so a checkpoint taken then resumes mid-epoch exactly (given the same batches).
+        so a checkpoint taken then resumes mid-epoch exactly (given the same batches);
+        after the epoch's last step (known when ``batches`` has a ``len``) the epoch is
+        finished instead. ``on_step(i, n)`` gets the step within the epoch and the epoch's
+        step count (0 when ``batches`` has no ``len``).
         """
         with frozen_gc():
             return self._train_epoch(batches, should_stop)
@@ -203,7 +212,9 @@ class Retrainer:
                          "correct": torch.zeros((), device=self.device, dtype=torch.long), "n": 0, "steps": 0,
                          "seconds": 0.0}
         acc = self._acc
-        total = _steps_in(batches)
+        # steps of the whole epoch: those before a resume plus the ones left (0 = unknown)
+        left = _steps_in(batches)
+        total = acc["steps"] + left if left else 0
         for x, y in batches:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
@@ -214,7 +225,9 @@ class Retrainer:
             acc["steps"] += 1
             if self.on_step is not None:
                 self.on_step(acc["steps"], total)
-            if should_stop is not None and should_stop():
+            # after an epoch's last step, finish the epoch: a stop there would save a stream
+            # already at the next epoch and the resume would train one epoch too many
+            if should_stop is not None and (total == 0 or acc["steps"] < total) and should_stop():
                 acc["seconds"] += time.perf_counter() - start
                 return None
         n = acc["n"]

@@ -1,6 +1,9 @@
 """`darts discretize`: Π_S of the final α -> genotype.json and genotype.txt.
 
 The genotype never holds `none` or a pruned op (constraints.choose_edges excludes them).
+Ties of activated values are broken by the rule the search ran with (`search.tie_break`,
+recorded in supernet.pt; a file without it gets the default, raw α): the genotype and
+the tie count in search.json then describe the same choice.
 """
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import torch
 
 from darts.activations import make_activation
 from darts.checkpoint import write_json_atomic
-from darts.constraints import derive_genotype
+from darts.constraints import TIE_BREAKS, derive_genotype, tie_key
 
 from .params import ParamsError
+
+DEFAULT_TIE_BREAK = TIE_BREAKS[0]  # raw_alpha
 
 
 def run(search_dir: str, out: str) -> dict:
@@ -21,10 +26,14 @@ def run(search_dir: str, out: str) -> dict:
         raise ParamsError(f"search output {path} is missing; run `darts search` first")
     saved = torch.load(path, map_location="cpu", weights_only=True)
     activation = make_activation(saved["activation"])
+    tie_break = saved.get("tie_break", DEFAULT_TIE_BREAK)
+    if tie_break not in TIE_BREAKS:
+        raise ParamsError(f"{path} records tie_break={tie_break!r}; valid: {', '.join(TIE_BREAKS)}")
     state = saved["state"]
     weights = {t: activation(state[f"alpha_{t}"], state[f"live_{t}"]) for t in ("normal", "reduce")}
     live = {t: state[f"live_{t}"] for t in ("normal", "reduce")}
-    genotype = derive_genotype(weights, live, tuple(saved["ops"]))
+    raw = {t: tie_key(state[f"alpha_{t}"], tie_break) for t in ("normal", "reduce")}
+    genotype = derive_genotype(weights, live, tuple(saved["ops"]), raw)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(genotype.to_dict(), out_dir / "genotype.json")

@@ -21,7 +21,7 @@ from darts.hostmemory import retain_freed_memory
 from darts.space import Genotype, GenotypeError, genotype_format, parse_genotype, shorten
 from darts.train import RetrainConfig, Retrainer
 
-from .common import set_threads, CHECKPOINT_ROOT, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
+from .common import CHECKPOINT_ROOT, machine, reject_machine_settings, as_recorded, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, seed_everything
 from .params import ParamsError, check_data, load_params, run_spec, section
 from .progress import Progress
 from .runguard import Interrupted, RunLock, StopOnSignal
@@ -36,11 +36,12 @@ def write_curve(rows: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-EXTRA_KEYS = {"layers": 20, "C": 36, "auxiliary": True, "device": "auto", "threads": 0}
+EXTRA_KEYS = {"layers": 20, "C": 36, "auxiliary": True}
 
 
 def retrain_settings(params: dict) -> tuple[RetrainConfig, dict]:
     r = section(params, "retrain")
+    reject_machine_settings("retrain", r)
     extra = {k: r.pop(k, v) for k, v in EXTRA_KEYS.items()}
     try:
         cfg = RetrainConfig.from_dict(r)
@@ -108,15 +109,33 @@ def read_genotype(arg: str) -> tuple[Genotype, dict]:
         raise ParamsError(f"genotype file {p} is invalid: {e}; {GENOTYPE_FORMS}") from None
 
 
-def run(params_path: str, config: str | None, seed: int | None, genotype_path: str, prepared: str, out: str) -> dict:
+def run_key(seed: int, genotype: Genotype, cfg: RetrainConfig, extra: dict, data_params: dict, prepared: str,
+            digest=ckpt.file_digest) -> str:
+    """The checkpoint key: a hash of everything that determines the run (and the code)."""
+    return ckpt.run_key("retrain", seed, genotype.to_dict(), cfg.to_dict(), extra, data_params,
+                        digest(Path(prepared) / "train.pt"))
+
+
+def checkpoint_key(command: dict, digest=ckpt.file_digest) -> str:
+    """The key `darts retrain` with these recorded arguments would use now (for `darts clean`);
+    derives its inputs as run() does (tests/test_clean.py checks the two agree)."""
+    params = load_params(command["params"])
+    spec = run_spec(params, command["config"], command["seed"])
+    cfg, extra = retrain_settings(params)
+    data_params = check_data(section(params, "data"))
+    genotype = read_genotype(command["genotype"])[0]
+    return run_key(spec.seed, genotype, cfg, extra, data_params, command["prepared"], digest)
+
+
+def run(params_path: str, config: str | None, seed: int | None, genotype_path: str, prepared: str, out: str,
+        device: str | None = None, threads: int | None = None) -> dict:
     params = load_params(params_path)
     spec = run_spec(params, config, seed)
     cfg, extra = retrain_settings(params)
     data_params = check_data(section(params, "data"))
     genotype, genotype_source = read_genotype(genotype_path)
-    set_threads(extra["threads"])
+    device = machine(device, threads)  # stages.common: --device/--threads, else DARTS_DEVICE/DARTS_THREADS
     retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
-    device = pick_device(str(extra["device"]))
     train_set = load_prepared(prepared, "train")
 
     seed_everything(spec.seed)
@@ -127,9 +146,10 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(f"retrain {spec.label} seed {spec.seed}", cfg.epochs, out_dir / "log.txt")
     trainer = Retrainer(model, cfg, on_step=lambda i, n: progress.step(i, n, None))
-    key = ckpt.run_key("retrain", spec.seed, genotype.to_dict(), cfg.to_dict(), extra, data_params,
-                       ckpt.file_digest(Path(prepared) / "train.pt"))
-    state_file = checkpoint_path("retrain", key, out_dir)
+    command = {"params": as_recorded(params_path), "config": config, "seed": seed,
+               "genotype": as_recorded(genotype_path), "prepared": as_recorded(prepared)}
+    key = run_key(spec.seed, genotype, cfg, extra, data_params, prepared)
+    state_file = checkpoint_path("retrain", key, out_dir, command)
     curve: list[dict] = []
 
     def save() -> None:
@@ -159,11 +179,16 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
 
         trainer.on_step = on_step
         while not trainer.done:
-            progress.start_epoch(trainer.epoch + 1, trainer.epoch)
-            row = trainer.train_epoch(stream.epoch_batches(), should_stop=stop.is_set)
+            # polled before each epoch too: a signal in an epoch's last step finishes that epoch
+            # (darts.train), and the next one must not start
+            row = None
+            if not stop.is_set():
+                progress.start_epoch(trainer.epoch + 1, trainer.epoch)
+                row = trainer.train_epoch(stream.epoch_batches(), should_stop=stop.is_set)
             if row is None:
                 save()
-                progress.line(f"stopped by signal {stop.signum} in epoch {trainer.epoch + 1}; checkpoint saved to "
+                where = f"in epoch {trainer.epoch + 1}" if trainer.mid_epoch else f"after epoch {trainer.epoch}"
+                progress.line(f"stopped by signal {stop.signum} {where}; checkpoint saved to "
                               f"{state_file}; run the same command (or dvc repro) to resume")
                 raise Interrupted()
             if not math.isfinite(row["loss"]):

@@ -4,7 +4,9 @@
 even on kill -9), so two processes on the same run directory or checkpoint fail fast
 with a clear message instead of corrupting each other. `StopOnSignal` turns the first
 SIGINT/SIGTERM into a flag the training loop polls between iterations, so the stage
-can write a mid-epoch checkpoint and exit; a second signal interrupts at once.
+can write a mid-epoch checkpoint and exit; a second signal interrupts at once. The
+first signal is acknowledged on stderr at once: a paper-size step can take a minute
+on a busy CPU, and a silent wait reads as a hang.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import fcntl
 import hashlib
 import os
 import signal
+import sys
 from pathlib import Path
+from typing import Callable
 
 from .params import ParamsError
 
@@ -34,16 +38,20 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         for path in self.paths:
             path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(path, "a+")
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "?"
-                f.close()
-                self.__exit__()
-                raise ParamsError(f"another process (pid {holder}) is already running this stage "
-                                  f"(lock {path}); wait for it or stop it") from None
+            while True:
+                f = open(path, "a+")
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.seek(0)
+                    holder = f.read().strip() or "?"
+                    f.close()
+                    self.__exit__()
+                    raise ParamsError(f"another process (pid {holder}) is already running this stage "
+                                      f"(lock {path}); wait for it or stop it") from None
+                if _same_file(f, path):
+                    break
+                f.close()  # `darts clean` unlinked it between our open and flock: lock the new one
             f.seek(0)
             f.truncate()
             f.write(str(os.getpid()))
@@ -58,21 +66,93 @@ class RunLock:
         self._files = []
 
 
+def _same_file(f, path: Path) -> bool:
+    """Whether the open file ``f`` is still the file at ``path`` (not unlinked or replaced)."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a running process holds the `RunLock` on ``path`` (False if there is no file)."""
+    try:
+        f = open(path, "r")
+    except FileNotFoundError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def remove_if_unheld(path: Path, also=None) -> bool:
+    """Delete the lock file ``path`` (and run ``also()``, e.g. removing the folder it guards)
+    while holding its lock, so no process can be inside the run meanwhile; False, and
+    nothing removed, if a process holds it. A process that opened the file just before
+    the unlink notices (`RunLock` checks the file is still the one at its path)."""
+    try:
+        f = open(path, "r")
+    except FileNotFoundError:
+        if also is not None:
+            also()
+        return True
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if also is not None:
+            also()
+        path.unlink(missing_ok=True)
+        return True
+
+
+def _say_now(text: str) -> None:
+    """Write to stderr's file descriptor directly: a signal handler may run while the main
+    thread is inside ``sys.stderr.write`` (the progress line), and re-entering that
+    buffered writer raises RuntimeError; ``os.write`` on the descriptor does not."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced stderr (e.g. captured in-process)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        return
+    prefix = "\r" + " " * 100 + "\r" if os.isatty(fd) else ""  # over the live progress line
+    os.write(fd, (prefix + text).encode())
+
+
 class StopOnSignal:
+    """First SIGINT/SIGTERM: set a flag (polled after each step) and say so at once; second: stop now."""
+
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, notify: Callable[[str], None] = _say_now):
         self.signum: int | None = None
+        self.notify = notify
         self._old = {}
 
     def is_set(self) -> bool:
         return self.signum is not None
+
+    @staticmethod
+    def message(signum: int) -> str:
+        again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {signal.Signals(signum).name} again"
+        return (f"{signal.Signals(signum).name} received: stopping after the current step (checkpoint follows); "
+                f"{again} to stop now without saving\n")
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # second signal: stop now
             signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
             raise KeyboardInterrupt
         self.signum = signum
+        try:
+            self.notify(self.message(signum))
+        except OSError:  # stderr gone (closed pipe): stopping matters more than saying so
+            pass
 
     def __enter__(self) -> "StopOnSignal":
         for s in self.SIGNALS:

@@ -19,11 +19,12 @@ from darts.activations import make_activation
 from darts.data import BatchStream, split_indices
 from darts.hostmemory import retain_freed_memory
 from darts.regularizers import make_regularizer
-from darts.schedules import make_schedule, train_fraction
-from darts.search import SearchConfig, Searcher, evaluate_supernet
+from darts.constraints import TIE_BREAKS
+from darts.schedules import FIMT_CYCLES, make_schedule, train_fraction
+from darts.search import SearchConfig, Searcher, evaluate_supernet, final_ties
 from darts.supernet import SearchNetwork
 
-from .common import set_threads, CHECKPOINT_ROOT, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, pick_device, seed_everything
+from .common import CHECKPOINT_ROOT, machine, reject_machine_settings, as_recorded, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, seed_everything
 from .params import ParamsError, RunSpec, check_data, load_params, positive, run_spec, section
 from .progress import Progress
 from .runguard import Interrupted, RunLock, StopOnSignal
@@ -48,13 +49,15 @@ def write_curve(rows: list[dict], path: Path) -> None:
 EXTRA_KEYS = {
     "layers": 8, "C": 16, "k": 10, "fimt_lambda": 0.2, "fimt_m": 1.05, "fimt_threshold": 1.0,
     "pr_rho": 0.1, "admm_rho": 0.1, "admm_n": 10, "admm_discount": 0.8, "crb_alpha_weight_decay": 0.0,
-    "crb_init_noise": 1e-4, "softmax_init_scale": 1e-3, "device": "auto", "threads": 0, "checkpoint_every": 1,
+    "crb_init_noise": 1e-4, "softmax_init_scale": 1e-3, "checkpoint_every": 1,
+    "fimt_cycle": "k", "tie_break": "raw_alpha",  # paper text; "k+1" / "index" keep the authors' code
 }
 
 
 def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
     """Validated (SearchConfig, extra settings) for a run, with CRB's α weight decay applied."""
     s = section(params, "search")
+    reject_machine_settings("search", s)
     cfg_fields = {f.name for f in fields(SearchConfig)}
     unknown = sorted(set(s) - cfg_fields - set(EXTRA_KEYS))
     if unknown:
@@ -85,6 +88,12 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
             raise ParamsError(f"search.{key}={v!r} is invalid; must be in (0, 1]")
     for key in ("fimt_threshold", "pr_rho", "admm_rho"):
         positive(f"search.{key}", extra[key])
+    if extra["fimt_cycle"] not in FIMT_CYCLES:
+        raise ParamsError(f"search.fimt_cycle={extra['fimt_cycle']!r} is invalid; valid: k (paper: k w steps per "
+                          "α step at constant Fisher trace), k+1 (the authors' code)")
+    if extra["tie_break"] not in TIE_BREAKS:
+        raise ParamsError(f"search.tie_break={extra['tie_break']!r} is invalid; valid: raw_alpha (equal activated "
+                          "values ordered by raw α), index (lowest op/edge index, the authors' code)")
     return cfg, extra
 
 
@@ -94,7 +103,7 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
     act_kwargs = {"init_noise": extra["crb_init_noise"]} if spec.activation == "crb" else {"init_scale": extra["softmax_init_scale"]}
     activation = make_activation(spec.activation, **act_kwargs)
     schedule = make_schedule(spec.schedule, k=extra["k"], lam=extra["fimt_lambda"], m=extra["fimt_m"],
-                             threshold=extra["fimt_threshold"])
+                             threshold=extra["fimt_threshold"], fimt_cycle=extra["fimt_cycle"])
     regularizer = make_regularizer(spec.regularization, rho_pr=extra["pr_rho"], rho_admm=extra["admm_rho"],
                                    admm_n=extra["admm_n"], admm_discount=extra["admm_discount"])
     frac = train_fraction(schedule.ratio)
@@ -115,22 +124,38 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
     return searcher, split, val_eval
 
 
-def run(params_path: str, config: str | None, seed: int | None, prepared: str, out: str) -> dict:
+def settings(params_path: str, config: str | None, seed: int | None) -> tuple[RunSpec, SearchConfig, dict, dict]:
+    """(run, search config, extra settings, data params) of a command line, validated."""
     params = load_params(params_path)
     spec = run_spec(params, config, seed)
     cfg, extra = search_settings(params, spec)
-    data_params = check_data(section(params, "data"))
-    set_threads(extra["threads"])
+    return spec, cfg, extra, check_data(section(params, "data"))
+
+
+def run_key(spec: RunSpec, cfg: SearchConfig, extra: dict, data_params: dict, prepared: str,
+            digest=ckpt.file_digest) -> str:
+    """The checkpoint key: a hash of everything that determines the run (and the code)."""
+    return ckpt.run_key("search", asdict(spec), asdict(cfg), extra, data_params, digest(Path(prepared) / "train.pt"))
+
+
+def checkpoint_key(command: dict, digest=ckpt.file_digest) -> str:
+    """The key `darts search` with these recorded arguments would use now (for `darts clean`)."""
+    spec, cfg, extra, data_params = settings(command["params"], command["config"], command["seed"])
+    return run_key(spec, cfg, extra, data_params, command["prepared"], digest)
+
+
+def run(params_path: str, config: str | None, seed: int | None, prepared: str, out: str,
+        device: str | None = None, threads: int | None = None) -> dict:
+    spec, cfg, extra, data_params = settings(params_path, config, seed)
+    device = machine(device, threads)  # stages.common: --device/--threads, else DARTS_DEVICE/DARTS_THREADS
     retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
-    device = pick_device(str(extra["device"]))
     train_set = load_prepared(prepared, "train")
     searcher, split, val_eval = build(spec, cfg, extra, train_set, device, int(data_params.get("seed", 0)))
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = ckpt.run_key("search", asdict(spec), asdict(cfg), extra, data_params,
-                       ckpt.file_digest(Path(prepared) / "train.pt"))
-    state_file = checkpoint_path("search", key, out_dir)
+    command = {"params": as_recorded(params_path), "config": config, "seed": seed, "prepared": as_recorded(prepared)}
+    state_file = checkpoint_path("search", run_key(spec, cfg, extra, data_params, prepared), out_dir, command)
     progress = Progress(f"search {spec.label} seed {spec.seed}", cfg.epochs, out_dir / "log.txt")
     with RunLock(state_file.with_name("lock"), RunLock.for_dir(CHECKPOINT_ROOT, out_dir)), StopOnSignal() as stop:
         if state_file.is_file():
@@ -139,13 +164,18 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
         else:
             progress.line(f"search {spec.label} ({spec.activation}, {spec.schedule}, {spec.regularization}, "
                           f"order {spec.order}) seed {spec.seed} on {device_label(device)}; split {split}")
-        while not searcher.done:
-            progress.start_epoch(searcher.epoch + 1, searcher.epoch)
-            def on_step(i: int, n: int, loss) -> None:
-                progress.step(i, n, loss)
-                fault_injection(searcher.step, searcher.net)
 
-            row = searcher.run_epoch(on_step=on_step, should_stop=stop.is_set)
+        def on_step(i: int, n: int, loss) -> None:
+            progress.step(i, n, loss)
+            fault_injection(searcher.step, searcher.net)
+
+        while not searcher.done:
+            # polled here too: a signal in an epoch's last step lets run_epoch finish the epoch,
+            # and the next epoch must not start (that cost a whole extra step)
+            row = None
+            if not stop.is_set():
+                progress.start_epoch(searcher.epoch + 1, searcher.epoch)
+                row = searcher.run_epoch(on_step=on_step, should_stop=stop.is_set)
             if row is None:
                 ckpt.save_atomic(searcher.state_dict(), state_file)
                 progress.line(f"stopped by signal {stop.signum} at step {searcher.step}; checkpoint saved to "
@@ -157,7 +187,8 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
     final = evaluate_supernet(searcher.net, val_eval.epoch_batches())
     net = searcher.net
     ckpt.save_atomic({"state": net.state_dict(), "ops": list(net.ops), "activation": spec.activation,
-                      "C": extra["C"], "layers": extra["layers"], "n_classes": len(train_set.classes)},
+                      "C": extra["C"], "layers": extra["layers"], "n_classes": len(train_set.classes),
+                      "tie_break": extra["tie_break"]},  # discretize breaks Π_S's ties by the same rule
                      out_dir / "supernet.pt")
     ckpt.save_atomic(searcher.history.state_dict(), out_dir / "history.pt")
     summary = {
@@ -171,13 +202,16 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
         "w_steps": searcher.step,
         "alpha_ratio": (len(searcher.history.alpha_steps) - 1) / max(searcher.step, 1),
         "pruned_ops": len(searcher.history.pruned),
+        "tie_break": extra["tie_break"],
+        "ties": final_ties(net, extra["tie_break"]),  # Π_S choices at the final α that a tie decided
         **final,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_curve(searcher.history.epochs, out_dir / "epochs.tsv")
     ckpt.write_json_atomic(summary, out_dir / "search.json")
     progress.line(f"done in {searcher.seconds:.1f}s: val_acc {final.get('val_acc', float('nan')):.3f}, "
-                  f"α steps {summary['alpha_steps']} / w steps {summary['w_steps']}")
+                  f"α steps {summary['alpha_steps']} / w steps {summary['w_steps']}; Π_S choices decided by a "
+                  f"tie ({extra['tie_break']}): {summary['ties']}")
     progress.close()
     drop_checkpoint(state_file)
     return summary

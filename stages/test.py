@@ -21,7 +21,7 @@ from darts.evalnet import EvalNetwork, count_params_m
 from darts.space import Genotype
 from darts.train import evaluate
 
-from .common import load_prepared, pick_device
+from .common import load_prepared, machine
 from .params import ParamsError
 
 
@@ -59,14 +59,14 @@ def run_identity(retrain: dict, search: dict | None, retrain_dir: str, search_di
 
 
 def run(retrain_dir: str, search_dir: str | None, prepared: str, out: str, batch_size: int = 256,
-        device: str = "auto") -> dict:
+        device: str | None = None, threads: int | None = None) -> dict:
     model_file = Path(retrain_dir) / "model.pt"
     if not model_file.is_file():
         raise ParamsError(f"retrained model {model_file} is missing; run `darts retrain` first")
     search = None if search_dir is None else _read_json(Path(search_dir) / "search.json", "search summary")
     retrain = _read_json(Path(retrain_dir) / "retrain.json", "retrain summary")
     run = run_identity(retrain, search, retrain_dir, search_dir)
-    dev = pick_device(device)
+    dev = machine(device, threads)
     saved = torch.load(model_file, map_location="cpu", weights_only=True)
     model = EvalNetwork(Genotype.from_dict(saved["genotype"]), C=saved["C"], n_classes=saved["n_classes"],
                         layers=saved["layers"], auxiliary=saved["auxiliary"])

@@ -69,7 +69,7 @@ SEARCH_CASES = [  # (params path, bad value, words the message must contain)
     ("search.pr_rho", -0.1, ["search.pr_rho=-0.1", "positive"]),
     ("search.C", 5, ["search.C=5", "even"]),
     ("search.layers", 2, ["search.layers=2", ">= 3"]),
-    ("search.device", "tpu", ["tpu", "auto, cpu"]),
+    ("search.device", "tpu", ["search.device='tpu'", "machine setting", "DARTS_DEVICE"]),
     ("search.learning_rate", 0.1, ["learning_rate", "valid"]),
     ("search.batch_size", 100000, ["search.batch_size=100000", "larger than"]),
     ("data.dataset", "mnist", ["mnist", "synthetic, cifar10, imagefolder"]),

@@ -32,7 +32,8 @@ def _params(tmp: Path, epochs: int = 3) -> Path:
 
 
 def _darts(args: list[str], cwd: Path, env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", DARTS_CHECKPOINT_DIR=str(cwd / ".checkpoints"), **(env_extra or {}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", DARTS_CHECKPOINT_DIR=str(cwd / ".checkpoints"))
+    env.update(env_extra or {})
     r = subprocess.run([sys.executable, "-m", "stages", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if check:
         assert r.returncode == 0, r.stderr[-3000:]
@@ -167,3 +168,105 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert ckpt.load(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+# --- Ctrl-C: said at once, stop right after the step in progress (tests/test_stop.py: the handler) ---
+STOP_MSG = "SIGINT received: stopping after the current step (checkpoint follows); press Ctrl-C again to stop now"
+
+
+def _own_checkpoints(work: Path, name: str) -> dict:
+    """A checkpoint folder of the test's own: keys do not include the output folder, so
+    another test's checkpoint of the same run would otherwise be resumed."""
+    return {"DARTS_CHECKPOINT_DIR": str(work / f".checkpoints-{name}")}
+
+
+def _state_of(work: Path, out: str, name: str) -> dict:
+    owner = str((work / out).resolve())
+    states = [p.with_name("state.pt") for p in (work / f".checkpoints-{name}").glob("*/owner.txt")
+              if p.read_text() == owner]
+    assert len(states) == 1, states
+    return torch.load(states[0], weights_only=False)
+
+
+def _said_then_stopped(stderr: str, stopped: str) -> None:
+    lines = stderr.splitlines()
+    said = [i for i, line in enumerate(lines) if STOP_MSG in line]
+    done = [i for i, line in enumerate(lines) if stopped in line]
+    assert said and done and said[0] < done[0], stderr[-2000:]
+
+
+@pytest.mark.parametrize("at_step,epoch", [(5, 0), (20, 1)])  # mid-epoch; an epoch's last step
+def test_search_sigint_stops_after_the_step_it_lands_in(work, at_step, epoch):
+    """The stop comes right after the step in progress: at step 20 (the last of epoch 1) the
+    old loop finished the epoch, then ran step 21 of the next before it looked at the flag."""
+    _params(work, epochs=3)
+    out = f"int{at_step}/search"
+    args = ["search", "--config", "ROBUST", "--seed", "0", "--prepared", "prep", "--out", out]
+    own = _own_checkpoints(work, out.split("/")[0])
+    r = _darts(args, work, {**own, "DARTS_FAULT_SIGINT_AT_STEP": str(at_step)}, check=False)
+    assert r.returncode == 130, r.stderr[-2000:]
+    _said_then_stopped(r.stderr, f"stopped by signal {int(signal.SIGINT)} at step {at_step};")
+    state = _state_of(work, out, out.split("/")[0])
+    assert (state["step"], state["epoch"]) == (at_step, epoch)
+    r = _darts(args, work, own)
+    assert "resuming from" in r.stderr
+    _same_search(work / "ref" / "search", work / out)
+
+
+def _ref_retrain(work: Path) -> list[str]:
+    args = ["retrain", "--config", "ROBUST", "--seed", "0", "--genotype", "ref/genotype/genotype.json",
+            "--prepared", "prep"]
+    if not (work / "ref" / "retrain" / "model.pt").is_file():
+        _params(work, epochs=3)
+        _darts(["discretize", "--search", "ref/search", "--out", "ref/genotype"], work)
+        _darts(args + ["--out", "ref/retrain"], work)
+    return args
+
+
+def test_retrain_sigint_in_an_epochs_last_step_resumes_identically(work):
+    """352 images / batch 32 = 11 steps an epoch. The old loop stopped after step 11 with the
+    epoch 'unfinished' while the stream had moved on, so the resume trained an extra epoch."""
+    args = _ref_retrain(work)
+    own = _own_checkpoints(work, "int")
+    r = _darts(args + ["--out", "int/retrain"], work, {**own, "DARTS_FAULT_SIGINT_AT_STEP": "11"}, check=False)
+    assert r.returncode == 130, r.stderr[-2000:]
+    _said_then_stopped(r.stderr, f"stopped by signal {int(signal.SIGINT)} after epoch 1;")
+    state = _state_of(work, "int/retrain", "int")
+    assert state["trainer"]["epoch"] == 1 and state["trainer"]["epoch_acc"] is None
+    assert (state["stream"]["epoch"], state["stream"]["position"]) == (1, 0)
+    r = _darts(args + ["--out", "int/retrain"], work, own)
+    assert "resuming from" in r.stderr
+    a = torch.load(work / "ref" / "retrain" / "model.pt", weights_only=True)["state"]
+    b = torch.load(work / "int" / "retrain" / "model.pt", weights_only=True)["state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_retrain_sigint_mid_epoch_stops_after_that_step(work):
+    args = _ref_retrain(work)
+    own = _own_checkpoints(work, "int4")
+    r = _darts(args + ["--out", "int4/retrain"], work, {**own, "DARTS_FAULT_SIGINT_AT_STEP": "4"}, check=False)
+    assert r.returncode == 130, r.stderr[-2000:]
+    _said_then_stopped(r.stderr, f"stopped by signal {int(signal.SIGINT)} in epoch 1;")
+    assert _state_of(work, "int4/retrain", "int4")["trainer"]["epoch_acc"]["steps"] == 4
+
+
+def test_real_ctrl_c_is_acknowledged_and_stops(work):
+    """An external SIGINT (as a terminal's Ctrl-C) mid-run: the line at once, exit 130, checkpoint."""
+    _params(work, epochs=3)
+    env = dict(os.environ, OMP_NUM_THREADS="1", **_own_checkpoints(work, "ctrlc"))
+    proc = subprocess.Popen([sys.executable, "-m", "stages", "search", "--config", "ROBUST", "--seed", "0",
+                             "--prepared", "prep", "--out", "ctrlc/search"], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = work / "ctrlc" / "search" / "log.txt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and "epoch 1/3" in log.read_text()):
+        time.sleep(0.05)
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    took = time.perf_counter() - sent
+    if proc.returncode == 0:
+        pytest.skip("the search finished before the signal arrived (machine too fast for this timing)")
+    assert proc.returncode == 130, err[-2000:]
+    _said_then_stopped(err, "stopped by signal 2 at step")
+    assert took < 60, took  # a tiny step takes ~0.1 s; this only catches a hang
