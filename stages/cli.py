@@ -17,6 +17,9 @@ PARAMS = typer.Option("params.yaml", "--params", help="params file")
 CONFIG = typer.Option(None, "--config", help="study config name (a key of params.configs); omit for the variant run")
 SEED = typer.Option(None, "--seed", help="seed (default: params.seed for the variant run, 0 otherwise)")
 PREPARED = typer.Option("data/prepared", "--prepared", help="folder written by prepare-split")
+DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: $DARTS_DEVICE, else auto); "
+                      "a machine setting, not a param")
+THREADS = typer.Option(None, "--threads", help="CPU threads, 0 = all cores (default: $DARTS_THREADS, else 1)")
 
 
 def _guard(fn, *args, **kwargs):
@@ -61,11 +64,12 @@ def prepare_split(params: str = PARAMS, out: str = typer.Option("data/prepared",
 
 @app.command()
 def search(out: str = typer.Option(..., "--out", help="output folder"), config: Optional[str] = CONFIG,
-           seed: Optional[int] = SEED, params: str = PARAMS, prepared: str = PREPARED) -> None:
+           seed: Optional[int] = SEED, params: str = PARAMS, prepared: str = PREPARED,
+           device: Optional[str] = DEVICE, threads: Optional[int] = THREADS) -> None:
     """Run (or resume) the bilevel architecture search of one run."""
     from . import search as stage
 
-    _guard(stage.run, params, config, seed, prepared, out)
+    _guard(stage.run, params, config, seed, prepared, out, device=device, threads=threads)
 
 
 @app.command()
@@ -82,11 +86,12 @@ def discretize(search_dir: str = typer.Option(..., "--search", help="search outp
 def retrain(genotype: str = typer.Option(..., "--genotype", help="genotype.json, genotype.txt (DARTS "
                                           "Genotype(...) text), or that text inline"),
             out: str = typer.Option(..., "--out"), config: Optional[str] = CONFIG, seed: Optional[int] = SEED,
-            params: str = PARAMS, prepared: str = PREPARED) -> None:
+            params: str = PARAMS, prepared: str = PREPARED, device: Optional[str] = DEVICE,
+            threads: Optional[int] = THREADS) -> None:
     """Train the evaluation network of a genotype from scratch (resumable)."""
     from . import retrain as stage
 
-    _guard(stage.run, params, config, seed, genotype, prepared, out)
+    _guard(stage.run, params, config, seed, genotype, prepared, out, device=device, threads=threads)
 
 
 @app.command()
@@ -94,11 +99,11 @@ def test(retrain_dir: str = typer.Option(..., "--retrain", help="retrain output 
          search_dir: Optional[str] = typer.Option(None, "--search", help="search output folder of the same run; "
                                                   "omit for a genotype that was not searched (search fields null)"),
          out: str = typer.Option(..., "--out", help="metrics json to write"), prepared: str = PREPARED,
-         device: str = typer.Option("auto", "--device")) -> None:
+         device: Optional[str] = DEVICE, threads: Optional[int] = THREADS) -> None:
     """Test error of the retrained network; writes the run's metrics file."""
     from . import test as stage
 
-    m = _guard(stage.run, retrain_dir, search_dir, prepared, out, device=device)
+    m = _guard(stage.run, retrain_dir, search_dir, prepared, out, device=device, threads=threads)
     typer.echo(f"{m['label']} seed {m['seed']}: test error {m['test_error']:.2f}% params {m['params_m']:.3f}M")
 
 
@@ -139,12 +144,53 @@ def variant_figures(search_dir: str = typer.Option("current/search", "--search")
 @app.command()
 def scale(name: str = typer.Argument(..., help="quick | paper"), params: str = PARAMS,
           dataset: Optional[str] = typer.Option(None, "--dataset", help="override data.dataset"),
-          root: Optional[str] = typer.Option(None, "--root", help="override data.root")) -> None:
-    """Switch params.yaml between the quick embedded study and the paper's protocol."""
+          root: Optional[str] = typer.Option(None, "--root", help="override data.root"),
+          estimate: bool = typer.Option(True, "--estimate/--no-estimate",
+                                        help="time a few steps at the new sizes; print what the study costs here"),
+          estimate_steps: int = typer.Option(2, "--estimate-steps", min=1,
+                                             help="timed steps of each kind, after a warm-up")) -> None:
+    """Switch params.yaml to a scale preset; then print what `dvc repro` costs on this device, from measured steps."""
     from . import scales as stage
 
-    _guard(stage.apply, name, params, dataset, root)
+    new = _guard(stage.apply, name, params, dataset, root)
     typer.echo(f"params.yaml now at the {name!r} scale; run `dvc repro`")
+    if estimate:
+        typer.echo("timing a few steps of each network at these sizes (skip with --no-estimate)...")
+        typer.echo(_guard(stage.cost_report, new, estimate_steps))
+
+
+study_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="The whole study (configs × seeds) through DVC, on several cores, GPUs or machines.")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("run")
+def study_run(jobs: int = typer.Option(1, "--jobs", "-j", help="chains run at once"),
+              devices: Optional[str] = typer.Option(None, "--devices",
+                                                    help="comma-separated devices, one per job slot in turn "
+                                                         "(cuda:0,cuda:1); default: cuda if present, else cpu"),
+              params: str = PARAMS) -> None:
+    """Run every config × seed chain (and the variant chain) in parallel through DVC, then
+    Table 1 and the figures. A rerun resumes; `dvc status` is clean afterwards."""
+    from . import study as stage
+
+    raise typer.Exit(_guard(stage.run, params, jobs, devices))
+
+
+@app.command()
+def clean(everything: bool = typer.Option(False, "--all", help="remove every checkpoint no running process holds"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="only list what would be removed")) -> None:
+    """List checkpoints in DARTS_CHECKPOINT_DIR (.checkpoints) and remove those no command can resume.
+
+    Never touches a checkpoint that a running process holds.
+    Keeps a resumable one (its command would compute the same key today), however old.
+    Removes a stale one (params, darts/ code, prepared data or genotype changed since).
+    Where the key cannot be recomputed: keeps only the newest per stage and output folder.
+    Also removes lock files no process holds. Details: stages/clean.py.
+    """
+    from . import clean as stage
+
+    _guard(stage.run, everything, dry_run)
 
 
 def main() -> None:  # pragma: no cover

@@ -1,7 +1,10 @@
 """`darts scale quick|paper`: rewrite params.yaml's scale sections from a preset.
 
 The study (configs, labels) and the variant keys are kept; `seeds`, `data`, `search`
-and `retrain` are replaced by the preset in `stages/scales/<name>.yaml`.
+and `retrain` are replaced by the preset in `stages/scales/<name>.yaml`. Then
+`cost_report` says what `dvc repro` at the new scale costs on this device, from steps
+measured here (`stages.estimate`): a preset alone does not tell a CPU user that the
+paper's protocol would take years there.
 """
 from __future__ import annotations
 
@@ -42,6 +45,17 @@ def apply(name: str, params_path: str, dataset: str | None = None, root: str | N
     out.update(p)
     Path(params_path).write_text(HEADER + dump(out))
     return out
+
+
+def cost_report(params: dict, steps: int = 2) -> str:
+    """The measured cost table of a study at ``params`` (torch is imported only here)."""
+    from . import estimate
+
+    try:
+        return estimate.estimate(params, steps)
+    except (RuntimeError, MemoryError) as e:  # out of (GPU) memory at these sizes, most likely
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        return f"cannot time a step at these sizes on this device ({reason}); the study cannot run here either"
 
 
 class _Dumper(yaml.SafeDumper):
