@@ -45,7 +45,8 @@ BUSY_SHARE = 0.1
 #: seconds of timed steps, at the default 2 steps of each kind, past which the loops stop
 #: (shared out: first-order search 25 %, second order 35 %, retrain 40 %); each times one
 #: step at least. At the paper's sizes on a 2-core CPU one step of each kind already
-#: exceeds its share, and the whole estimate (warm-ups, imports, building) takes 1-1.5 min.
+#: exceeds its share: the whole `darts scale paper` (imports, building, warm-ups) took
+#: 49 s with 2 threads and 73 s with 1 there.
 BUDGET_S = 20.0
 
 
@@ -206,10 +207,11 @@ def report(plan: Plan, m: Measured, pointer_hours: float | None = None) -> str:
                      "the time it measured; on an idle machine the steps are faster")
     if m.cpu and total > pointer_hours * 3600:
         lines += [f"At {duration(total)} this study is not for this CPU. Instead:",
-                  "  darts scale quick       the embedded synthetic study: same code paths, minutes on 2 cores",
-                  "  darts scale cifar-cpu   real CIFAR-10, sized for a CPU",
-                  "  scale out               several GPUs, several machines through a DVC remote, Slurm",
-                  "The last two are described in the README's \"Scale out\" section."]
+                  "  darts scale quick       the embedded synthetic study: same code paths, minutes on 2 cores"]
+        if (Path(__file__).resolve().parent / "scales" / "cifar-cpu.yaml").is_file():
+            lines.append("  darts scale cifar-cpu   real CIFAR-10, sized for a CPU")
+        lines += ["  darts study run --jobs N --devices cuda:0,cuda:1,...   the study on several GPUs at once",
+                  "See the README's \"Scale out\" section."]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -236,9 +238,9 @@ def measure(params: dict, steps: int = 2, clock: Clock = time.perf_counter, budg
     ``budget_s`` seconds of timed steps (default BUDGET_S x steps / 2) the loops stop, each
     with one timed step at least.
     """
-    budget_s = BUDGET_S * steps / 2 if budget_s is None else budget_s
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ParamsError(f"--estimate-steps={steps!r} is invalid; must be an integer >= 1")
+    budget_s = BUDGET_S * steps / 2 if budget_s is None else budget_s
     retain_freed_memory()  # as the stages run: freed memory is reused, not faulted in afresh
     resettable = reset_peak(torch.device("cpu"))
     sched0 = _sched()

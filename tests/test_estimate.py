@@ -98,14 +98,14 @@ def test_report_table_and_pointer():
     text = estimate.report(plan, measured(), pointer_hours=24)
     for needle in ("search: w step", "α step, 2nd order", "retrain step (DARTS_V2 cell)", "390 x 50",
                    "520 x 600", "whole study: 4 configs x 3 seeds + the variant", "21.7 days", "8.8 GB",
-                   "peak RSS: of this process", "darts scale quick", "darts scale cifar-cpu", '"Scale out"'):
+                   "peak RSS: of this process", "darts scale quick", "darts study run --jobs N", '"Scale out"'):
         assert needle in text, (needle, text)
     total_days = (3 * 39_000 + 7 * 55_025 + 3 * 156_000 + 13 * 1_872_200) / 86400
     assert f"{total_days:.1f} days" in text
     assert "note: other processes" not in text
     assert "waited for a core 50 %" in estimate.report(plan, measured(waited=0.5))
-    assert "cifar-cpu" not in estimate.report(plan, measured(), pointer_hours=1e9)
-    assert "cifar-cpu" not in estimate.report(plan, measured(cpu=False), pointer_hours=24)
+    assert "darts scale quick" not in estimate.report(plan, measured(), pointer_hours=1e9)
+    assert "darts scale quick" not in estimate.report(plan, measured(cpu=False), pointer_hours=24)
 
 
 def test_durations():
@@ -129,8 +129,8 @@ def test_measure_excludes_warm_up_steps():
 
     phases = [search((2.0, 1.0), (3.0, 1.5)),  # first order, two iterations
               search((6.0, 1.0), (8.0, 2.0)),  # second order
-              [100, 4.0, 6.0],                           # retrain: warm-up, two steps
-              [0.5]]                                     # test forward (its warm-up is not clocked)
+              [100, 4.0, 6.0],                 # retrain: warm-up, two steps
+              [0.5]]                           # test forward (its warm-up is not clocked)
     stamps = []
     for durations in phases:
         stamps += list(itertools.accumulate(durations, initial=len(stamps) * 1000.0))
@@ -171,7 +171,7 @@ def test_cli_scale_prints_measured_cost_and_pointer(tiny_scale, monkeypatch):
     assert yaml.safe_load(tiny_scale.read_text())["scale"] == "tiny"
     for needle in ("run `dvc repro`", "Cost of this scale on cpu", "search: w step", "α step, 2nd order",
                    "retrain step", "search alternate, 2nd order", "whole study: 2 configs x 1 seeds + the variant",
-                   "darts scale quick", "darts scale cifar-cpu", "README's \"Scale out\" section"):
+                   "darts scale quick", "darts study run --jobs N", "README's \"Scale out\" section"):
         assert needle in r.output, (needle, r.output)
 
 
