@@ -17,6 +17,9 @@ def test_chains_are_every_config_seed_then_the_variant():
     assert chains[3].stages == ("search@B-3", "discretize@B-3", "retrain@B-3", "test@B-3")
     assert chains[3].metrics == "metrics/B/3.json"
     assert chains[-1].stages[0] == "variant-search" and chains[-1].stages[-1] == "variant-figures"
+    assert [c.cost for c in chains] == [1.0, 1.0, 1.0, 1.0, 1.2]
+    p["configs"]["B"]["order"] = 2
+    assert [c.cost for c in study_chains(p)][2:4] == [2.0, 2.0]  # second order: started first
 
 
 def test_chain_stages_exist_in_dvc_yaml():
