@@ -46,3 +46,12 @@ def tiny_params_file(tmp_path):
         return path
 
     return write
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    """A typer CliRunner result that is exactly one `error: ...` line containing every needle, exit 2."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])

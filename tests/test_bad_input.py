@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_params
+from conftest import assert_one_line_error as _assert_one_line_error, tiny_params
 from stages.cli import app
 
 runner = CliRunner()
@@ -30,14 +30,6 @@ def _invoke(tmp_path: Path, params: dict, args: list[str]):
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(params, sort_keys=False))
     return runner.invoke(app, [*args, "--params", str(p)])
-
-
-def _assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def _set(p: dict, path: str, value) -> dict:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import tiny_params
+from conftest import assert_one_line_error as _assert_one_line_error, tiny_params
 from stages.cli import app
 
 runner = CliRunner()
@@ -25,14 +25,6 @@ SEARCH_FIELDS = ("search_seconds", "search_gpu_days", "search_alpha_ratio", "sea
 def _ok(args: list[str]) -> None:
     r = runner.invoke(app, args)
     assert r.exit_code == 0, (args, r.output, r.exception)
-
-
-def _assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @pytest.fixture(scope="module")
