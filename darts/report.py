@@ -1,12 +1,16 @@
-"""Table 1 from per-run metrics: mean ± sample std over seeds, next to the paper's figures.
+"""Table 1 from per-run metrics: mean ± sample std over seeds, next to the paper's figures,
+and each row's Welch interval for the test-error difference against reference rows.
 
 Pure functions over pandas frames; the aggregate stage does the file reading/writing.
 """
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import pandas as pd
+
+from .stats import welch_interval
 
 METRICS = {  # column in the per-run metrics -> (table header, decimals)
     "test_error": ("Test error (%)", 2),
@@ -15,6 +19,8 @@ METRICS = {  # column in the per-run metrics -> (table header, decimals)
     "search_hours": ("Search (wall h)", 3),
 }
 DASH = "—"
+MINUS = "\u2212"  # a typographic minus in the md table; the tex writer maps it to $-$
+REFERENCES = ("DARTS",)  # configs every row's test error is compared with (a random-sampling row may join)
 
 
 def summarize(runs: pd.DataFrame, order: list[str], labels: dict[str, str]) -> pd.DataFrame:
@@ -36,6 +42,70 @@ def summarize(runs: pd.DataFrame, order: list[str], labels: dict[str, str]) -> p
         row["device"] = "; ".join(devices)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def with_comparisons(table: pd.DataFrame, runs: pd.DataFrame,
+                     references: Sequence[str] = REFERENCES) -> pd.DataFrame:
+    """Per reference config R in the study: diff_vs_R = mean test error of the row − of R (pp),
+    ci_low/ci_high_vs_R its 95 % Welch interval over seeds, df_vs_R, why_vs_R (why undefined).
+
+    Seeds of two configs are independent runs, so the two-sample Welch interval applies; the
+    reference row itself gets NaN (it is shown as 'reference'). References absent from the
+    study are skipped: see `missing_references`."""
+    out = table.copy()
+    values = {c: pd.to_numeric(runs.loc[runs["config"] == c, "test_error"], errors="coerce").dropna().tolist()
+              for c in out["config"]}
+    for ref in present_references(out, references):
+        diffs = [None if c == ref else welch_interval(values[c], values[ref]) for c in out["config"]]
+        nan = math.nan
+        out[f"diff_vs_{ref}"] = [nan if d is None else d.mean_diff for d in diffs]
+        out[f"ci_low_vs_{ref}"] = [nan if d is None else d.low for d in diffs]
+        out[f"ci_high_vs_{ref}"] = [nan if d is None else d.high for d in diffs]
+        out[f"df_vs_{ref}"] = [nan if d is None else d.df for d in diffs]
+        out[f"why_vs_{ref}"] = ["" if d is None else d.reason for d in diffs]
+    return out
+
+
+def present_references(table: pd.DataFrame, references: Sequence[str]) -> list[str]:
+    """The reference configs that are rows of this study, in the order given."""
+    configs = set(table["config"])
+    return [r for r in references if r in configs]
+
+
+def missing_references(table: pd.DataFrame, references: Sequence[str]) -> list[str]:
+    """The reference configs that are not in this study (no comparison column for them)."""
+    configs = set(table["config"])
+    return [r for r in references if r not in configs]
+
+
+def _signed(x: float, decimals: int = 2) -> str:
+    """'+1.25' / '−3.10': an explicit sign, since a difference's direction is the point."""
+    return f"{x:+.{decimals}f}".replace("-", MINUS)
+
+
+def fmt_diff(diff: float, low: float, high: float, decimals: int = 2) -> str:
+    """'+1.25 [−3.10, +5.60]'; '+1.25 [—]' when the interval is undefined; '—' with no difference."""
+    if diff is None or not math.isfinite(diff):
+        return DASH
+    if low is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{_signed(diff, decimals)} [{DASH}]"
+    return f"{_signed(diff, decimals)} [{_signed(low, decimals)}, {_signed(high, decimals)}]"
+
+
+def verdict(low: float, high: float) -> str:
+    """'lower'/'higher' test error than the reference when the interval excludes 0, else
+    'no difference shown' (not 'equal': a few seeds rarely have the power to show one); '—' undefined."""
+    if low is None or not (math.isfinite(low) and math.isfinite(high)):
+        return DASH
+    return "lower" if high < 0 else "higher" if low > 0 else "no difference shown"
+
+
+COMPARISON_PREFIXES = ("Δ test error vs ", "Test error vs ")  # how to_latex finds the columns below
+
+
+def comparison_headers(ref_label: str) -> tuple[str, str]:
+    """The md/tex column names of one reference's interval and verdict."""
+    return f"Δ test error vs {ref_label} (pp, 95 % CI)", f"Test error vs {ref_label}"
 
 
 def paper_row(paper: pd.DataFrame, method: str) -> pd.Series | None:
@@ -96,8 +166,11 @@ def fmt_reported(mean: float, std: float, decimals: int) -> str:
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The human table: formatted strings, ours next to the paper's."""
+def display_table(table: pd.DataFrame, references: Sequence[str] = ()) -> pd.DataFrame:
+    """The human table: formatted strings, ours next to the paper's; then, per reference in
+    the study (see `with_comparisons`), the Δ test error interval and its verdict."""
+    refs = present_references(table, references)
+    ref_labels = {r: table.loc[table["config"] == r, "method"].iloc[0] for r in refs}
     rows = []
     for _, r in table.iterrows():
         rows.append({
@@ -112,7 +185,37 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "Search (wall h)": fmt(r["search_hours_mean"], r["search_hours_std"], 3),
             "Device": r["device"],
         })
+        for ref in refs:
+            head, word = comparison_headers(ref_labels[ref])
+            if r["config"] == ref:
+                rows[-1][head], rows[-1][word] = "reference", "reference"
+            else:
+                low, high = r[f"ci_low_vs_{ref}"], r[f"ci_high_vs_{ref}"]
+                rows[-1][head] = fmt_diff(r[f"diff_vs_{ref}"], low, high)
+                rows[-1][word] = verdict(low, high)
     return pd.DataFrame(rows)
+
+
+def comparison_legend(table: pd.DataFrame, references: Sequence[str]) -> str:
+    """The md legend's sentences on the Δ columns: what the interval is, over how many seeds,
+    why a cell shows '—', and which requested references are not in the study."""
+    refs, missing = present_references(table, references), missing_references(table, references)
+    parts = []
+    if refs:
+        ns = sorted({int(n) for n in table["n"]})
+        seeds = (f"{ns[0]} seed{'s' if ns[0] != 1 else ''} per row" if len(ns) == 1
+                 else "the n seeds of each row (column n)")
+        names = ", ".join(table.loc[table["config"] == r, "method"].iloc[0] for r in refs)
+        parts.append(f"Δ test error vs {names}: the row's mean test error minus the reference's, in "
+                     f"percentage points, with a two-sided 95 % Welch t interval (unequal variances, "
+                     f"Welch–Satterthwaite degrees of freedom) over {seeds}. An interval that crosses "
+                     f"zero reads 'no difference shown'; 'lower'/'higher' means it excludes zero.")
+        why = sorted({w for r in refs for w in table[f"why_vs_{r}"] if w})
+        if why:
+            parts.append(f"'[—]': the interval is undefined ({'; '.join(why)}).")
+    if missing:
+        parts.append(f"Reference(s) {', '.join(missing)} not in this study: no comparison column for them.")
+    return " ".join(parts)
 
 
 def literature_table(paper: pd.DataFrame) -> pd.DataFrame:
@@ -140,16 +243,22 @@ def literature_rows(paper: pd.DataFrame) -> pd.DataFrame:
 
 def to_latex(display: pd.DataFrame, literature: pd.DataFrame) -> str:
     """A booktabs tabular a user can paste into a paper (literature rows marked as reported)."""
-    esc = lambda s: str(s).replace("%", r"\%").replace("±", r"$\pm$").replace("—", "--").replace("_", r"\_")
+    esc = lambda s: (str(s).replace("%", r"\%").replace("±", r"$\pm$").replace("—", "--").replace("_", r"\_")
+                     .replace(MINUS, "$-$").replace("Δ", r"$\Delta$"))
+    extra = [c for c in display.columns if c.startswith(COMPARISON_PREFIXES)]
     lines = [r"% Table 1 (needs \usepackage{booktabs}); ours: mean $\pm$ sample std over seeds.",
-             r"\begin{tabular}{lccc}", r"\toprule",
-             r"Method & Test Error (\%) & Params (M) & Search Cost (GPU days) \\", r"\midrule"]
+             r"\begin{tabular}{lccc" + "c" * len(extra) + "}", r"\toprule",
+             r"Method & Test Error (\%) & Params (M) & Search Cost (GPU days)"
+             + "".join(f" & {esc(c)}" for c in extra) + r" \\", r"\midrule"]
     for _, r in literature.iterrows():
         lines.append(f"{esc(r['Method'])}$^\\dagger$ & {esc(r['Test error (%)'])} & {esc(r['Params (M)'])} & "
-                     f"{esc(r['Search (GPU days)'])} \\\\")
+                     f"{esc(r['Search (GPU days)'])}" + " &" * len(extra) + " \\\\")
     lines.append(r"\midrule")
     for _, r in display.iterrows():
         lines.append(f"{esc(r['Method'])} & {esc(r['Test error (%)'])} & {esc(r['Params (M)'])} & "
-                     f"{esc(r['Search (GPU days)'])} \\\\")
+                     f"{esc(r['Search (GPU days)'])}" + "".join(f" & {esc(r[c])}" for c in extra) + " \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", r"% $^\dagger$: reported in the literature, not rerun here."]
+    if extra:
+        lines.append(r"% $\Delta$: mean difference in test error (percentage points) with a 95\% Welch t "
+                     r"interval over seeds; an interval crossing zero shows no difference.")
     return "\n".join(lines) + "\n"

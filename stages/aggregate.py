@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -30,23 +31,29 @@ def read_runs(params: dict, metrics_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(params_path: str, metrics_dir: str, out: str, paper_csv: str | Path = PAPER_CSV) -> pd.DataFrame:
+def run(params_path: str, metrics_dir: str, out: str, paper_csv: str | Path = PAPER_CSV,
+        references: Sequence[str] = report.REFERENCES) -> pd.DataFrame:
+    """Write table1.md/csv/tex; `references` are the config names each row's test error is
+    compared with (Welch interval), skipped where not in the study."""
     params = load_params(params_path)
     runs = read_runs(params, metrics_dir)
     labels = {k: str(v) for k, v in (params.get("labels") or {}).items()}
     paper = pd.read_csv(paper_csv)
     table = report.with_paper(report.summarize(runs, list(params["configs"]), labels), paper)
-    display = report.display_table(table)
+    table = report.with_comparisons(table, runs, references)
+    display = report.display_table(table, references)
     literature = report.literature_table(paper)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv = pd.concat([table.assign(source="this study"), report.literature_rows(paper)], ignore_index=True)
+    numeric = table.drop(columns=[c for c in table.columns if c.startswith("why_vs_")])  # md legend only
+    csv = pd.concat([numeric.assign(source="this study"), report.literature_rows(paper)], ignore_index=True)
     csv = csv[["source"] + [c for c in csv.columns if c != "source"]]
     csv.to_csv(out_dir / "table1.csv", index=False, float_format="%.6g")
     runs.to_csv(out_dir / "runs.csv", index=False, float_format="%.6g")
     md = ["# Table 1", "",
-          "Ours: mean ± sample std over seeds (n); 'Paper' columns: the figures the paper reports "
-          "for the same row. Search time in GPU days is wall time / 86400 on the device listed.", "",
+          ("Ours: mean ± sample std over seeds (n); 'Paper' columns: the figures the paper reports "
+           "for the same row. Search time in GPU days is wall time / 86400 on the device listed. "
+           + report.comparison_legend(table, references)).rstrip(), "",
           display.to_markdown(index=False), "", "## Reported in the literature (not rerun here)", "",
           literature.to_markdown(index=False), ""]
     (out_dir / "table1.md").write_text("\n".join(md))

@@ -122,3 +122,71 @@ def test_fmt_and_paper_matching():
                                                           "regularization": "admm"}
     assert report.paper_dimensions("+CS10") == {"activation": "softmax", "schedule": "constant",
                                                 "regularization": "none"}
+
+
+def test_welch_columns_in_md_csv_tex(tmp_path):
+    """Fixture errors 2.5 + 0.37k + 0.11 s², seeds 0..2: every config has the same spread,
+    s² = var([0, 0.11, 0.44]) = 0.052433, so se = sqrt(2 · 0.052433 / 3) = 0.186965, df = 4,
+    half width = t_{.975,4} · se = 2.776445 · 0.186965 = 0.519099.
+    +PR+FIMT+CRB: 0.37 ± 0.519 = [−0.149, +0.889] crosses 0; 2nd order: 0.74 -> [+0.221, +1.259]."""
+    params, metrics = study(tmp_path, [0, 1, 2])
+    aggregate.run(str(params), str(metrics), str(tmp_path / "reports"))
+    table = pd.read_csv(tmp_path / "reports" / "table1.csv")
+    ours = table[table["source"] == "this study"].set_index("config")
+    half = 2.776445105 * math.sqrt(2 * 0.0524333333 / 3)
+    for config, diff in (("PR_FIMT_CRB", 0.37), ("DARTS_2nd", 0.74)):
+        assert ours.loc[config, "diff_vs_DARTS"] == pytest.approx(diff, rel=1e-5)
+        assert ours.loc[config, "ci_low_vs_DARTS"] == pytest.approx(diff - half, rel=1e-5)
+        assert ours.loc[config, "ci_high_vs_DARTS"] == pytest.approx(diff + half, rel=1e-5)
+        assert ours.loc[config, "df_vs_DARTS"] == pytest.approx(4.0, rel=1e-5)
+    assert ours.loc["DARTS", ["diff_vs_DARTS", "ci_low_vs_DARTS"]].isna().all()  # the reference itself
+    assert "why_vs_DARTS" not in table.columns
+    md = (tmp_path / "reports" / "table1.md").read_text()
+    assert "Δ test error vs DARTS (pp, 95 % CI)" in md and "Welch" in md and "3 seeds per row" in md
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert rows["DARTS"].count("reference") == 2
+    assert "+0.37 [−0.15, +0.89]" in rows["+PR+FIMT+CRB"] and "no difference shown" in rows["+PR+FIMT+CRB"]
+    assert "+0.74 [+0.22, +1.26]" in rows["DARTS (2nd order)"] and "| higher" in rows["DARTS (2nd order)"]
+    assert "not in this study" not in md
+    tex = (tmp_path / "reports" / "table1.tex").read_text()
+    assert r"+0.37 [$-$0.15, +0.89] & no difference shown \\" in tex and "−" not in tex and "Δ" not in tex
+    assert r"\begin{tabular}{lcccccc}" not in tex and r"\begin{tabular}{lccccc}" in tex
+    body = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    assert {line.count("&") for line in body} == {5}  # every row has the header's 6 cells
+
+
+def test_hand_made_runs_lower_and_missing_reference():
+    """DARTS errors [2, 4, 6, 8], X [1, 2, 3, 4]: −2.50 [−6.36, +1.36] (the by-hand case of
+    test_stats); Y [0.1, 0.2, 0.3, 0.4]: −4.75 with se = sqrt(6.667/4 + 0.01667/4) = 1.2923,
+    df ≈ 3.02 -> high = −4.75 + 3.18 · 1.29 < 0: 'lower'. RANDOM is not in the study."""
+    errors = {"DARTS": [2, 4, 6, 8], "X": [1, 2, 3, 4], "Y": [0.1, 0.2, 0.3, 0.4]}
+    runs = pd.DataFrame([{"config": c, "seed": s, "test_error": e, "params_m": 1.0, "search_seconds": 60.0,
+                          "search_gpu_days": 60 / 86400, "device": "cpu"}
+                         for c, es in errors.items() for s, e in enumerate(es)])
+    paper = pd.read_csv(aggregate.PAPER_CSV)
+    refs = ("DARTS", "RANDOM")
+    table = report.with_comparisons(report.with_paper(report.summarize(runs, list(errors), {}), paper), runs, refs)
+    assert "diff_vs_RANDOM" not in table.columns  # silently skipped in the numbers
+    x = table.set_index("config").loc["X"]
+    assert (x["diff_vs_DARTS"], x["ci_low_vs_DARTS"], x["ci_high_vs_DARTS"]) == pytest.approx(
+        (-2.5, -6.364167215486197, 1.364167215486197))
+    display = report.display_table(table, refs).set_index("Method")
+    assert display.loc["X", "Δ test error vs DARTS (pp, 95 % CI)"] == "−2.50 [−6.36, +1.36]"
+    assert display.loc["X", "Test error vs DARTS"] == "no difference shown"
+    assert display.loc["Y", "Test error vs DARTS"] == "lower"
+    assert display.loc["Y", "Δ test error vs DARTS (pp, 95 % CI)"].startswith("−4.75 [−")
+    legend = report.comparison_legend(table, refs)
+    assert "4 seeds per row" in legend and "RANDOM not in this study" in legend
+    tex = report.to_latex(display.reset_index(), report.literature_table(paper))
+    assert r"$-$2.50 [$-$6.36, +1.36] & no difference shown \\" in tex
+
+
+def test_single_seed_interval_is_undefined_and_explained(tmp_path):
+    params, metrics = study(tmp_path, [0])
+    aggregate.run(str(params), str(metrics), str(tmp_path / "reports"))
+    md = (tmp_path / "reports" / "table1.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| +PR+FIMT+CRB"))
+    assert "+0.37 [—]" in row and row.rstrip(" |").endswith("—")
+    assert "undefined (fewer than 2 seeds in a group)" in md and "over 1 seed per row" in md
+    table = pd.read_csv(tmp_path / "reports" / "table1.csv")
+    assert table.loc[table["config"] == "PR_FIMT_CRB", "ci_low_vs_DARTS"].isna().all()
