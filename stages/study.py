@@ -57,7 +57,7 @@ def study_chains(params: dict) -> list[Chain]:
 def parse_devices(devices: str | None, jobs: int) -> list[str]:
     """`--devices cuda:0,cuda:1` → one device per job slot (round robin); default: cpu or cuda."""
     if not devices:
-        return ["auto"]
+        return [os.environ.get("DARTS_DEVICE") or "auto"]
     out = [d.strip() for d in devices.split(",") if d.strip()]
     for d in out:
         if d not in ("auto", "cpu", "cuda") and not (d.startswith("cuda:") and d[5:].isdigit()):
@@ -68,12 +68,12 @@ def parse_devices(devices: str | None, jobs: int) -> list[str]:
 def worker_env(slot: int, jobs: int, devices: list[str], cores: int, base: dict | None = None) -> dict:
     """The environment of the job in `slot`: its device, and its share of the CPU cores.
 
-    On a CPU the cores are split evenly between jobs (at least one thread each); a job on
-    a GPU gets the same share for its host work."""
+    On a CPU the cores are split evenly between jobs (at least one thread each) unless
+    DARTS_THREADS is set; a job on a GPU gets the same share for its host work."""
     env = dict(os.environ if base is None else base)
-    threads = max(1, cores // max(jobs, 1))
-    env.update({"DARTS_DEVICE": devices[slot % len(devices)], "DARTS_THREADS": str(threads),
-                "OMP_NUM_THREADS": str(threads), "DVC_NO_ANALYTICS": "1"})
+    threads = env.get("DARTS_THREADS") or str(max(1, cores // max(jobs, 1)))  # the user's setting wins
+    env.update({"DARTS_DEVICE": devices[slot % len(devices)], "DARTS_THREADS": threads,
+                "OMP_NUM_THREADS": threads, "DVC_NO_ANALYTICS": "1"})
     return env
 
 

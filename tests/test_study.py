@@ -41,6 +41,7 @@ def test_devices_round_robin_and_threads_split():
     assert {e["DARTS_THREADS"] for e in envs} == {"4"} and envs[0]["OMP_NUM_THREADS"] == "4"
     assert worker_env(0, 2, ["cpu"], cores=2, base={})["DARTS_THREADS"] == "1"
     assert worker_env(0, 3, ["cpu"], cores=2, base={})["DARTS_THREADS"] == "1"  # at least one each
+    assert worker_env(0, 2, ["cpu"], cores=16, base={"DARTS_THREADS": "3"})["DARTS_THREADS"] == "3"  # user's
     assert parse_devices(None, 2) == ["auto"]
     with pytest.raises(ParamsError, match="'gpu0' is invalid; valid: auto, cpu, cuda, cuda:N"):
         parse_devices("cuda:0,gpu0", 2)
