@@ -17,19 +17,22 @@ METRICS = {  # column in the per-run metrics -> (table header, decimals)
     "params_m": ("Params (M)", 2),
     "search_gpu_days": ("Search (GPU days)", 4),
     "search_hours": ("Search (wall h)", 3),
+    "supernet_val_acc": ("Supernet val acc (%)", 1),  # the searched supernet at the end (null: none trained)
 }
+DERIVED = ("search_hours", "supernet_val_acc")  # computed in summarize from search_seconds, search_val_acc
 DASH = "—"
 MINUS = "\u2212"  # a typographic minus in the md table; the tex writer maps it to $-$
-REFERENCES = ("DARTS",)  # configs every row's test error is compared with (a random-sampling row may join)
+REFERENCES = ("Random", "DARTS")  # configs every row's test error is compared with
 
 
 def summarize(runs: pd.DataFrame, order: list[str], labels: dict[str, str]) -> pd.DataFrame:
     """One row per config (in `order`): n and mean/std (ddof=1; NaN for one seed) of each metric."""
     runs = runs.copy()
     # a run of a genotype that was never searched has null search fields: NaN, shown as '—'
-    for col in ("search_seconds", *(c for c in METRICS if c != "search_hours")):
+    for col in ("search_seconds", "search_val_acc", *(c for c in METRICS if c not in DERIVED)):
         runs[col] = pd.to_numeric(runs[col], errors="coerce") if col in runs else math.nan
     runs["search_hours"] = runs["search_seconds"] / 3600.0
+    runs["supernet_val_acc"] = runs["search_val_acc"] * 100.0
     rows = []
     for config in order:
         sub = runs[runs["config"] == config]
@@ -183,6 +186,7 @@ def display_table(table: pd.DataFrame, references: Sequence[str] = ()) -> pd.Dat
             "Search (GPU days)": fmt(r["search_gpu_days_mean"], r["search_gpu_days_std"], 4),
             "Paper search (GPU days)": fmt_reported(r["paper_search_gpu_days_mean"], r["paper_search_gpu_days_std"], 1),
             "Search (wall h)": fmt(r["search_hours_mean"], r["search_hours_std"], 3),
+            "Supernet val acc (%)": fmt(r["supernet_val_acc_mean"], r["supernet_val_acc_std"], 1),
             "Device": r["device"],
         })
         for ref in refs:

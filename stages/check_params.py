@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from darts.methods import METHODS
+
 from .params import (RUN_KEYS, ParamsError, check_data, load_params, run_spec, section, study_runs)
 
 #: the top-level keys of params.yaml (anything else is a typo, e.g. `serach:`)
@@ -54,7 +56,7 @@ def validate(params: dict) -> int:
     n_train = data.get("train_size") or FULL_TRAIN_SIZE.get(data["dataset"])
     for spec in specs:
         cfg, extra = search_settings(params, spec)
-        if n_train is None:
+        if n_train is None or not METHODS[spec.method].trains_supernet:
             continue  # an ImageFolder of unknown size: the search stage checks the split itself
         schedule = make_schedule(spec.schedule, k=extra["k"], lam=extra["fimt_lambda"], m=extra["fimt_m"],
                                  threshold=extra["fimt_threshold"])

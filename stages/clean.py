@@ -108,7 +108,9 @@ def current_key(entry: Entry, digest) -> tuple[str | None, str]:
 
     module = search if entry.stage == "search" else retrain
     try:
-        return module.checkpoint_key(json.loads(text), digest), ""
+        if entry.owner is None:
+            return None, "no owner.txt"
+        return common.owned_key(module.checkpoint_key(json.loads(text), digest), entry.owner), ""
     except (ParamsError, DataError, GenotypeError, OSError, ValueError, KeyError, TypeError) as e:
         return None, (str(e).splitlines() or [type(e).__name__])[0]
 

@@ -142,9 +142,9 @@ def variant_figures(search_dir: str = typer.Option("current/search", "--search")
 
 
 @app.command()
-def scale(name: str = typer.Argument(..., help="quick | paper"), params: str = PARAMS,
+def scale(name: str = typer.Argument(..., help="quick | cifar-cpu | paper"), params: str = PARAMS,
           dataset: Optional[str] = typer.Option(None, "--dataset", help="override data.dataset"),
-          root: Optional[str] = typer.Option(None, "--root", help="override data.root"),
+          root: Optional[str] = typer.Option(None, "--root", help="override data.root (a folder with train/ in it: an ImageFolder tree)"),
           estimate: bool = typer.Option(True, "--estimate/--no-estimate",
                                         help="time a few steps at the new sizes; print what the study costs here"),
           estimate_steps: int = typer.Option(2, "--estimate-steps", min=1,

@@ -1,6 +1,7 @@
 """Small helpers the stage commands share: devices, seeding, prepared data, checkpoints."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -87,11 +88,18 @@ def load_prepared(folder: str | Path, name: str) -> ImageSet:
     return load_imageset(path)
 
 
+def owned_key(key: str, out_dir: str | Path) -> str:
+    """A run's key made specific to its output folder. Two chains of a study can compute the
+    same thing (the default variant run is DARTS seed 0): with the content key alone they
+    shared one checkpoint and lock, and the second, run in parallel, was refused."""
+    return hashlib.sha256(f"{key}\0{Path(out_dir).resolve()}".encode()).hexdigest()[:16]
+
+
 def checkpoint_path(stage: str, key: str, out_dir: str | Path, command: dict | None = None) -> Path:
-    """Where a run's checkpoint lives; records which output folder owns it and, in
-    ``command.json``, the command's arguments, so `darts clean` can recompute the key that
+    """Where a run's checkpoint lives (``owned_key``); records which output folder owns it and,
+    in ``command.json``, the command's arguments, so `darts clean` can recompute the key that
     command would use now and tell a resumable checkpoint from a stale one."""
-    folder = CHECKPOINT_ROOT / f"{stage}-{key}"
+    folder = CHECKPOINT_ROOT / f"{stage}-{owned_key(key, out_dir)}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "owner.txt").write_text(str(Path(out_dir).resolve()))
     if command is not None:

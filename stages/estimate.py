@@ -22,6 +22,7 @@ import torch
 
 from darts.activations import make_activation
 from darts.evalnet import EvalNetwork
+from darts.methods import METHODS
 from darts.hostmemory import retain_freed_memory
 from darts.schedules import make_schedule, train_fraction
 from darts.space import DARTS_V2
@@ -126,6 +127,8 @@ def study_plan(params: dict) -> Plan:
     n_train, n_test = dataset_sizes(section(params, "data"))
     groups: dict[tuple[float, int], list[str]] = {}
     for spec in runs:
+        if not METHODS[spec.method].trains_supernet:
+            continue  # random sampling: no search step to pay for
         ratio = make_schedule(spec.schedule, k=int(s.get("k", 10))).ratio
         groups.setdefault((ratio, spec.order), []).append(spec.schedule)
     searches = tuple(SearchGroup(tuple(dict.fromkeys(names)), ratio, order, len(names),

@@ -11,11 +11,15 @@ from pathlib import Path
 
 import yaml
 
+from darts.methods import METHODS
+
 ACTIVATIONS = ("softmax", "crb")
 SCHEDULES = ("alternate", "constant", "fimt")
 REGULARIZATIONS = ("none", "pr", "admm")
 DATASETS = ("synthetic", "cifar10", "imagefolder")
-RUN_KEYS = ("activation", "schedule", "regularization", "order")
+RUN_KEYS = ("method", "activation", "schedule", "regularization", "order")
+DIMENSION_CHOICES = {"activation": ACTIVATIONS, "schedule": SCHEDULES, "regularization": REGULARIZATIONS,
+                     "order": (1, 2)}
 
 
 class ParamsError(ValueError):
@@ -33,6 +37,7 @@ class RunSpec:
     regularization: str
     order: int
     seed: int
+    method: str = "darts"  # darts.methods.METHODS: what searches (or samples) the genotype
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -60,26 +65,39 @@ def _int(where: str, value, minimum: int = 0) -> int:
 
 
 def check_run(where: str, entry: dict) -> None:
-    """Validate one run description (a `configs` entry or the top-level variant keys)."""
+    """Validate one run description (a `configs` entry or the top-level variant keys): its
+    method (default darts) and the dimensions that method takes (darts.methods)."""
     if not isinstance(entry, dict):
         raise ParamsError(f"{where} must be a mapping with keys {', '.join(RUN_KEYS)}, got {entry!r}")
     unknown = sorted(set(entry) - set(RUN_KEYS))
     if unknown:
         raise ParamsError(f"{where} has unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(RUN_KEYS)}")
-    for key in ("activation", "schedule", "regularization"):
-        if key not in entry:
-            raise ParamsError(f"{where} is missing {key!r}; valid keys: {', '.join(RUN_KEYS)}")
-    _choice(f"{where}.activation", entry["activation"], ACTIVATIONS)
-    _choice(f"{where}.schedule", entry["schedule"], SCHEDULES)
-    _choice(f"{where}.regularization", entry["regularization"], REGULARIZATIONS)
-    _choice(f"{where}.order", entry.get("order", 1), (1, 2))
+    _choice(f"{where}.method", entry.get("method", "darts"), tuple(METHODS))
+    method = METHODS[entry.get("method", "darts")]
+    takes = ("method", *method.dimensions)
+    extra = [k for k in entry if k not in takes]
+    if extra:
+        raise ParamsError(f"{where} sets {', '.join(extra)}, which method {method.name!r} does not take; "
+                          f"valid keys for it: {', '.join(takes)}")
+    for key in method.dimensions:
+        if key not in entry and key not in method.optional:
+            raise ParamsError(f"{where} is missing {key!r}; valid keys: {', '.join(takes)}")
+        _choice(f"{where}.{key}", entry.get(key, 1), DIMENSION_CHOICES[key])
+
+
+def resolve_run(entry: dict) -> dict:
+    """The method and all four dimensions of a checked run entry (the method fixes those it
+    does not take)."""
+    method = METHODS[entry.get("method", "darts")]
+    dims = {"order": 1, **method.fixed, **{k: entry[k] for k in method.dimensions if k in entry}}
+    return {"method": method.name, **{k: dims[k] for k in DIMENSION_CHOICES}}
 
 
 def study_runs(params: dict) -> list[RunSpec]:
     """Every config × seed of the study, validated."""
     configs = params.get("configs")
     if not isinstance(configs, dict) or not configs:
-        raise ParamsError("params.configs must be a non-empty mapping of NAME: {activation, schedule, regularization}")
+        raise ParamsError("params.configs must be a non-empty mapping of NAME: {method, activation, schedule, regularization}")
     seeds = params.get("seeds")
     if not isinstance(seeds, list) or not seeds:
         raise ParamsError(f"params.seeds={seeds!r} is invalid; must be a non-empty list of integers")
@@ -94,9 +112,15 @@ def run_spec(params: dict, config: str | None, seed: int | None) -> RunSpec:
     """The run of `--config NAME --seed N`, or the variant run (top-level keys) when config is None."""
     if config is None:
         entry = {k: params[k] for k in RUN_KEYS if k in params}
+        _choice("params.method", entry.get("method", "darts"), tuple(METHODS))
+        method = METHODS[entry.get("method", "darts")]
+        # the variant keys sit side by side at the top level: the method takes those it needs
+        entry = {k: v for k, v in entry.items() if k in ("method", *method.dimensions)}
         check_run("params", entry)
         seed = _int("seed", params.get("seed", 0) if seed is None else seed)
-        name = f"{entry['activation']}-{entry['schedule']}-{entry['regularization']}"
+        run = resolve_run(entry)
+        name = (f"{run['activation']}-{run['schedule']}-{run['regularization']}" if method.dimensions
+                else method.name)
         label = name
     else:
         configs = params.get("configs") or {}
@@ -109,8 +133,9 @@ def run_spec(params: dict, config: str | None, seed: int | None) -> RunSpec:
         seed = _int("seed", 0 if seed is None else seed)
         name = config
         label = (params.get("labels") or {}).get(config, config)
-    return RunSpec(name=name, label=str(label), activation=entry["activation"], schedule=entry["schedule"],
-                   regularization=entry["regularization"], order=int(entry.get("order", 1)), seed=seed)
+    run = resolve_run(entry)
+    return RunSpec(name=name, label=str(label), activation=run["activation"], schedule=run["schedule"],
+                   regularization=run["regularization"], order=int(run["order"]), seed=seed, method=run["method"])
 
 
 def section(params: dict, key: str) -> dict:

@@ -1,7 +1,9 @@
 """`darts scale quick|paper`: rewrite params.yaml's scale sections from a preset.
 
-The study (configs, labels) and the variant keys are kept; `seeds`, `data`, `search`
-and `retrain` are replaced by the preset in `stages/scales/<name>.yaml`. Then
+The variant keys are kept; `seeds`, `data`, `search` and `retrain` are replaced by the
+preset in `stages/scales/<name>.yaml`, and so are `configs` and `labels` when the preset
+names its own study (cifar-cpu is sized for its 7 rows). `--root` naming a folder with
+`train/` in it means an ImageFolder tree (such as a JPEG export of CIFAR-10). Then
 `cost_report` says what `dvc repro` at the new scale costs on this device, from steps
 measured here (`stages.estimate`): a preset alone does not tell a CPU user that the
 paper's protocol would take years there.
@@ -16,6 +18,7 @@ from .params import DATASETS, ParamsError, load_params
 
 SCALES_DIR = Path(__file__).resolve().parent / "scales"
 SCALE_KEYS = ("seeds", "data", "search", "retrain")
+STUDY_KEYS = ("configs", "labels")  # a preset may also name its study (cifar-cpu: the 7 rows it is sized for)
 HEADER = """\
 # Study parameters. `configs` x `seeds` is the Table 1 study (dvc.yaml expands it);
 # the top-level activation/schedule/regularization/order/seed drive the single
@@ -40,7 +43,11 @@ def apply(name: str, params_path: str, dataset: str | None = None, root: str | N
         p["data"]["dataset"] = dataset
     if root is not None:
         p["data"]["root"] = root
-    out = {k: v for k, v in params.items() if k not in SCALE_KEYS}
+        if dataset is None and (Path(root) / "train").is_dir():  # an ImageFolder tree, not torchvision's files
+            p["data"]["dataset"] = "imagefolder"
+            p["data"].pop("download", None)
+    replaced = SCALE_KEYS + tuple(k for k in STUDY_KEYS if k in p)
+    out = {k: v for k, v in params.items() if k not in replaced}
     out["scale"] = name
     out.update(p)
     Path(params_path).write_text(HEADER + dump(out))

@@ -18,6 +18,7 @@ from darts import checkpoint as ckpt
 from darts.activations import make_activation
 from darts.data import BatchStream, split_indices
 from darts.hostmemory import retain_freed_memory
+from darts.methods import METHODS, Untrained
 from darts.regularizers import make_regularizer
 from darts.constraints import TIE_BREAKS
 from darts.schedules import FIMT_CYCLES, make_schedule, train_fraction
@@ -98,8 +99,15 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
 
 
 def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torch.device, data_seed: int):
-    """The Searcher of a run, freshly initialised from its seed."""
+    """The search state of a run, freshly initialised from its seed: the bilevel Searcher, or
+    for a method that sets α without training (random sampling), its `Untrained` state.
+    Returns (state, split, validation batches to evaluate the supernet on, or None)."""
     seed_everything(spec.seed)
+    method = METHODS[spec.method]
+    if not method.trains_supernet:
+        net = SearchNetwork(make_activation(spec.activation), C=extra["C"], n_classes=len(train_set.classes),
+                            layers=extra["layers"], generator=torch.Generator().manual_seed(spec.seed)).to(device)
+        return Untrained(net, method.set_alpha, spec.seed), {"train_fraction": None, "train": 0, "val": 0}, None
     act_kwargs = {"init_noise": extra["crb_init_noise"]} if spec.activation == "crb" else {"init_scale": extra["softmax_init_scale"]}
     activation = make_activation(spec.activation, **act_kwargs)
     schedule = make_schedule(spec.schedule, k=extra["k"], lam=extra["fimt_lambda"], m=extra["fimt_m"],
@@ -162,7 +170,7 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
             searcher.load_state_dict(ckpt.load(state_file))
             progress.line(f"resuming from {state_file} at epoch {searcher.epoch}/{cfg.epochs}, step {searcher.step}")
         else:
-            progress.line(f"search {spec.label} ({spec.activation}, {spec.schedule}, {spec.regularization}, "
+            progress.line(f"search {spec.label} ({spec.method}: {spec.activation}, {spec.schedule}, {spec.regularization}, "
                           f"order {spec.order}) seed {spec.seed} on {device_label(device)}; split {split}")
 
         def on_step(i: int, n: int, loss) -> None:
@@ -184,7 +192,8 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
             progress.end_epoch(row, ("train_loss", "train_acc", "val_loss", "alpha_ratio", "penalty"))
             if searcher.epoch % extra["checkpoint_every"] == 0 or searcher.done:
                 ckpt.save_atomic(searcher.state_dict(), state_file)
-    final = evaluate_supernet(searcher.net, val_eval.epoch_batches())
+    # a method that trains no supernet has nothing to evaluate (its val_acc stays null)
+    final = {} if val_eval is None else evaluate_supernet(searcher.net, val_eval.epoch_batches())
     net = searcher.net
     ckpt.save_atomic({"state": net.state_dict(), "ops": list(net.ops), "activation": spec.activation,
                       "C": extra["C"], "layers": extra["layers"], "n_classes": len(train_set.classes),

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import tiny_params
 from darts.space import DARTS_V2
-from stages import clean, search
+from stages import clean, common, search
 from stages.runguard import RunLock
 
 CONFIG = {"ROBUST": {"activation": "crb", "schedule": "fimt", "regularization": "admm"}}
@@ -66,8 +66,8 @@ def _fake(root: Path, stage: str, key: str, owner: str, age_s: float, command: d
 def _layout(proj: Path, root: Path) -> dict[str, Path]:
     """One checkpoint for each rule; returns name -> folder."""
     cmd = _command(proj, "search")
-    key = search.checkpoint_key(cmd)
     owner = str(proj / "runs" / "A" / "search")
+    key = common.owned_key(search.checkpoint_key(cmd), owner)
     f = {
         "resumable": _fake(root, "search", key, owner, 30 * DAY, cmd),  # oldest, still the one to resume
         "stale": _fake(root, "search", "0" * 16, owner, 2 * DAY, cmd),
@@ -166,3 +166,15 @@ def test_cli_respects_checkpoint_dir_and_rejects_a_file(proj, tmp_path):
     r = _darts(["clean"], tmp_path, tmp_path / "afile")
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "afile" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_same_computation_for_two_folders_gets_two_checkpoints(tmp_path, monkeypatch):
+    """The default variant run computes exactly DARTS seed 0: run in parallel by `darts study
+    run`, the two retrains once shared one checkpoint and lock, and the second was refused."""
+    from stages import common
+
+    monkeypatch.setattr(common, "CHECKPOINT_ROOT", tmp_path / "ck")
+    a = common.checkpoint_path("retrain", "0123456789abcdef", tmp_path / "runs/DARTS/0/retrain")
+    b = common.checkpoint_path("retrain", "0123456789abcdef", tmp_path / "current/retrain")
+    assert a != b and a.parent.is_dir() and b.parent.is_dir()
+    assert a == common.checkpoint_path("retrain", "0123456789abcdef", tmp_path / "runs/DARTS/0/retrain")

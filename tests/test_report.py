@@ -147,7 +147,7 @@ def test_welch_columns_in_md_csv_tex(tmp_path):
     assert rows["DARTS"].count("reference") == 2
     assert "+0.37 [−0.15, +0.89]" in rows["+PR+FIMT+CRB"] and "no difference shown" in rows["+PR+FIMT+CRB"]
     assert "+0.74 [+0.22, +1.26]" in rows["DARTS (2nd order)"] and "| higher" in rows["DARTS (2nd order)"]
-    assert "not in this study" not in md
+    assert "Reference(s) Random not in this study: no comparison column for them." in md  # no Random config here
     tex = (tmp_path / "reports" / "table1.tex").read_text()
     assert r"+0.37 [$-$0.15, +0.89] & no difference shown \\" in tex and "−" not in tex and "Δ" not in tex
     assert r"\begin{tabular}{lcccccc}" not in tex and r"\begin{tabular}{lccccc}" in tex

@@ -1,0 +1,82 @@
+"""The search methods a study config can name, in one registry (timm's `register_model` idea).
+
+A `configs` entry names its method (`method:`, default `darts`). A method says which run
+dimensions a config of it may set, the values it fixes for the others (so runs.csv and the
+figures still get an activation, schedule and regularization), and what it can do: whether it
+trains a supernet, and, when it does not, how it sets the supernet's α. The stages ask these
+capabilities; they never compare a method's name.
+
+- ``darts``: the paper's bilevel search, activation × schedule × regularization × order
+  (``darts.search.Searcher``).
+- ``random``: the random-sampling baseline (Li & Talwalkar 2019; Yang et al. 2020): a genotype
+  drawn uniformly from S by ``darts.sampling``, then the same discretize → retrain → test.
+  It takes no search step, so its search cost is zero.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .sampling import draw_alpha
+
+#: the run dimensions a config entry may set (which ones, per method: Method.dimensions)
+DIMENSIONS = ("activation", "schedule", "regularization", "order")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One search method: its name, what a config of it sets, and its capabilities."""
+
+    name: str
+    summary: str
+    dimensions: tuple[str, ...]                 # config keys it takes (besides `method`)
+    fixed: dict[str, object] = field(default_factory=dict)  # values of the dimensions it does not take
+    optional: tuple[str, ...] = ("order",)      # of `dimensions`, those with a default
+    # None: a supernet is trained by the bilevel Searcher. Else: how α is set instead, as
+    # f(supernet, seed); the search then takes no step and costs nothing.
+    set_alpha: Callable | None = None
+
+    @property
+    def trains_supernet(self) -> bool:
+        return self.set_alpha is None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+register_method(Method(
+    "darts", "bilevel search of α and w (the paper: activation × schedule × regularization × order)",
+    dimensions=DIMENSIONS))
+register_method(Method(
+    "random", "random sampling: a genotype drawn uniformly from S, trained with the same protocol",
+    dimensions=(), optional=(),
+    fixed={"activation": "softmax", "schedule": "none", "regularization": "none", "order": 1},
+    set_alpha=draw_alpha))
+
+
+class Untrained:
+    """The search state of a method that sets α instead of training (``Method.set_alpha``):
+    done from the start, with the same attributes the search stage reads from a Searcher."""
+
+    done = True
+
+    def __init__(self, net, set_alpha: Callable, seed: int):
+        from .history import History
+
+        set_alpha(net, seed)
+        self.net, self.epoch, self.step, self.seconds = net, 0, 0, 0.0
+        self.history = History(ops=list(net.ops))
+        self.history.record_alpha(0, 0, net.weights())
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.net.load_state_dict(d["net"])
