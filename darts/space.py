@@ -141,49 +141,109 @@ class Genotype:
         from it (never ``eval``): a genotype file from the internet cannot run code.
         Keywords or the namedtuple's positional order are both accepted.
         """
-        src = text.strip()
-        try:
-            call = ast.parse(src, mode="eval").body
-        except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-            raise GenotypeError(f"DARTS genotype string {shorten(src)} is not valid syntax ({type(e).__name__}); "
-                                f"expected {DARTS_TEXT_FORM}") from None
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"):
-            raise GenotypeError(f"not a DARTS genotype string: {shorten(src)}; expected {DARTS_TEXT_FORM}")
-        if len(call.args) > len(DARTS_FIELDS):
-            raise GenotypeError(f"DARTS genotype string has {len(call.args)} positional fields; expected "
-                                f"at most {len(DARTS_FIELDS)} ({', '.join(DARTS_FIELDS)})")
-        named = list(zip(DARTS_FIELDS, call.args)) + [(kw.arg, kw.value) for kw in call.keywords]
-        fields: dict[str, object] = {}
-        for key, node in named:
-            if key not in DARTS_FIELDS:
-                raise GenotypeError(f"DARTS genotype string has field {key}=; valid fields: {', '.join(DARTS_FIELDS)}")
-            if key in fields:
-                raise GenotypeError(f"DARTS genotype string gives {key} twice")
-            fields[key] = _darts_value(key, node)
-        for key in DARTS_FIELDS:
-            if key not in fields:
-                raise GenotypeError(f"DARTS genotype string has no {key}=[...]; expected {DARTS_TEXT_FORM}")
+        fields = _call_fields(text, "DARTS", DARTS_TEXT_FORM)
+        for key in ("normal", "reduce"):
+            cell = fields[key]
+            if isinstance(cell, (list, tuple)) and any(
+                    isinstance(p, (list, tuple)) and p and isinstance(p[0], (list, tuple)) for p in cell):
+                raise GenotypeError(f"DARTS genotype string: {key} holds per-node lists (pt.darts form) where flat "
+                                    f"(op, source) pairs were expected; give both cells in one form")
         return cls.from_dict(fields)
+
+    def to_ptdarts_text(self) -> str:
+        """pt.darts' form (khanrc/pt.darts genotypes.py): one inner list of 2 pairs per node,
+        concat printed as the ``range`` it builds, so pt.darts' ``augment.py --genotype`` takes it."""
+
+        def cell(c: list[tuple[str, int]]) -> str:
+            nodes = (c[2 * i : 2 * i + 2] for i in range(N_NODES))
+            return "[" + ", ".join("[" + ", ".join(f"('{op}', {src})" for op, src in n) + "]" for n in nodes) + "]"
+
+        def concat(c: list[int]) -> str:
+            return f"range({CONCAT[0]}, {CONCAT[-1] + 1})" if c == list(CONCAT) else str(c)
+
+        return (
+            f"Genotype(normal={cell(self.normal)}, normal_concat={concat(self.normal_concat)}, "
+            f"reduce={cell(self.reduce)}, reduce_concat={concat(self.reduce_concat)})"
+        )
+
+    @classmethod
+    def from_ptdarts_text(cls, text: str) -> "Genotype":
+        """Parse pt.darts' nested ``Genotype(normal=[[(op, src), (op, src)], ...], ...)`` text
+        (read as a syntax tree like ``from_darts_text``, never evaluated)."""
+        fields = _call_fields(text, "pt.darts", PTDARTS_TEXT_FORM)
+        for key in ("normal", "reduce"):
+            fields[key] = _flatten_nodes(key, fields[key])
+        return cls.from_dict(fields)
+
+
+def _call_fields(text: str, label: str, form: str) -> dict[str, object]:
+    """The four fields of a ``Genotype(...)`` call given as text, as literals (DARTS and
+    pt.darts print the same namedtuple; only the cells' nesting differs)."""
+    src = text.strip()
+    try:
+        call = ast.parse(src, mode="eval").body
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+        raise GenotypeError(f"{label} genotype string {shorten(src)} is not valid syntax ({type(e).__name__}); "
+                            f"expected {form}") from None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"):
+        raise GenotypeError(f"not a {label} genotype string: {shorten(src)}; expected {form}")
+    if len(call.args) > len(DARTS_FIELDS):
+        raise GenotypeError(f"{label} genotype string has {len(call.args)} positional fields; expected "
+                            f"at most {len(DARTS_FIELDS)} ({', '.join(DARTS_FIELDS)})")
+    named = list(zip(DARTS_FIELDS, call.args)) + [(kw.arg, kw.value) for kw in call.keywords]
+    fields: dict[str, object] = {}
+    for key, node in named:
+        if key not in DARTS_FIELDS:
+            raise GenotypeError(f"{label} genotype string has field {key}=; valid fields: {', '.join(DARTS_FIELDS)}")
+        if key in fields:
+            raise GenotypeError(f"{label} genotype string gives {key} twice")
+        fields[key] = _darts_value(label, key, node)
+    for key in DARTS_FIELDS:
+        if key not in fields:
+            raise GenotypeError(f"{label} genotype string has no {key}=[...]; expected {form}")
+    return fields
+
+
+def _flatten_nodes(cell: str, nodes: object) -> list[object]:
+    """pt.darts' per-node lists -> DARTS' flat pair list, checking the nesting itself
+    (S is checked afterwards on the flat list): exactly N_NODES lists of exactly 2 pairs."""
+    where = f"pt.darts genotype string: {cell}"
+    if not isinstance(nodes, (list, tuple)):
+        raise GenotypeError(f"{where}={nodes!r:.60} is not a list of {N_NODES} per-node lists")
+    flat: list[object] = []
+    for i, node in enumerate(nodes):
+        if isinstance(node, (list, tuple)) and node and isinstance(node[0], str):
+            raise GenotypeError(f"{where}[{i}]={node!r:.60} is a flat (op, source) pair; the nested form needs "
+                                f"one inner list per node, e.g. [('sep_conv_3x3', 0), ('sep_conv_3x3', 1)]")
+        if not isinstance(node, (list, tuple)) or len(node) != 2:
+            count = f"has {len(node)} (op, source) pairs" if isinstance(node, (list, tuple)) else f"is {node!r:.40}"
+            raise GenotypeError(f"{where} node {i} {count}; expected a list of 2 (op, source) pairs")
+        flat.extend(node)
+    if len(nodes) != N_NODES:
+        raise GenotypeError(f"{where} has {len(nodes)} node lists; expected {N_NODES} lists of 2 (op, source) pairs")
+    return flat
 
 
 DARTS_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")  # the namedtuple's order
 DARTS_TEXT_FORM = ("Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), reduce=[...], "
                    "reduce_concat=range(2, 6))")
+PTDARTS_TEXT_FORM = ("Genotype(normal=[[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], ...], normal_concat=range(2, 6), "
+                     "reduce=[[...], ...], reduce_concat=range(2, 6))")
 
 
-def _darts_value(key: str, node: ast.expr) -> object:
-    """A field of the DARTS text: a literal, or ``range(a, b)`` with small integer bounds
-    (Python 3 prints DARTS' concat as a range object)."""
+def _darts_value(label: str, key: str, node: ast.expr) -> object:
+    """A field of the DARTS / pt.darts text: a literal, or ``range(a, b)`` with small integer
+    bounds (Python 3 prints DARTS' concat as a range object)."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
         bounds = [a.value if isinstance(a, ast.Constant) else None for a in node.args]
         if node.keywords or len(bounds) != 2 or not all(type(b) is int and 0 <= b <= 64 for b in bounds):
-            raise GenotypeError(f"DARTS genotype string: {key}={shorten(ast.unparse(node))[1:-1]} is invalid; "
+            raise GenotypeError(f"{label} genotype string: {key}={shorten(ast.unparse(node))[1:-1]} is invalid; "
                                 f"expected range(2, 6) or [2, 3, 4, 5]")
         return list(range(*bounds))
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise GenotypeError(f"DARTS genotype string: {key}={shorten(ast.unparse(node))[1:-1]} is not a literal "
+        raise GenotypeError(f"{label} genotype string: {key}={shorten(ast.unparse(node))[1:-1]} is not a literal "
                             "list of (op name, source state) pairs") from None
 
 
@@ -195,17 +255,38 @@ def shorten(text: str, width: int = 60) -> str:
     return repr(text)
 
 
-def genotype_format(text: str) -> str | None:
-    """The textual form of a genotype: "json" (``{...}``), "darts" (``Genotype(...)``), or None.
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a published genotype's name (darts.published)
+FORMS = ("a JSON genotype {\"normal\": [...], ...}, DARTS text Genotype(normal=[('sep_conv_3x3', 0), ...], ...), "
+         "pt.darts text Genotype(normal=[[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], ...], ...)")
 
-    The single dispatch point of ``parse_genotype``: later forms (a published genotype's
-    name, pt.darts' nested per-node lists) are recognised here and parsed there."""
-    head = text.lstrip()
+
+def genotype_format(text: str) -> str | None:
+    """The form of a genotype text: "json" (``{...}``), "darts" (``Genotype(normal=[(op, src),
+    ...], ...)``), "ptdarts" (``Genotype(normal=[[(op, src), (op, src)], ...], ...)``), "name"
+    (an identifier: a published genotype, see darts.published), or None.
+
+    The single dispatch point of ``parse_genotype``. DARTS and pt.darts text differ only in
+    the cells' nesting, so the first list that opens a list or tuple decides: ``[(`` or
+    ``[['`` (a pair, written as a tuple or a list) is DARTS, ``[[`` followed by anything else
+    (a node's list) pt.darts; a text mixing the two is refused by the parser chosen, naming
+    the cell."""
+    head = text.strip()
     if head.startswith("{"):
         return "json"
     if re.match(r"Genotype\s*\(", head):
-        return "darts"
+        first = re.search(r"\[\s*([\[(])\s*(.?)", head, re.DOTALL)
+        return "ptdarts" if first and first.group(1) == "[" and first.group(2) not in ("'", '"') else "darts"
+    if NAME_RE.fullmatch(head):
+        return "name"
     return None
+
+
+def _unrecognised(text: str) -> GenotypeError:
+    """The one-line error for a text that is no genotype form (a mistyped name included)."""
+    from darts.published import PUBLISHED  # deferred: darts.published builds its Genotypes from this module
+
+    return GenotypeError(f"{shorten(text.strip())} is neither {FORMS} nor a published genotype name "
+                         f"({', '.join(PUBLISHED)}, any case)")
 
 
 def parse_genotype(text: str) -> Genotype:
@@ -222,8 +303,15 @@ def parse_genotype(text: str) -> Genotype:
         return Genotype.from_dict(data)
     if form == "darts":
         return Genotype.from_darts_text(text)
-    raise GenotypeError(f"{shorten(text.strip())} is neither a JSON genotype {{\"normal\": [...], ...}} "
-                        f"nor DARTS text {DARTS_TEXT_FORM}")
+    if form == "ptdarts":
+        return Genotype.from_ptdarts_text(text)
+    if form == "name":
+        from darts.published import find_published, published_genotype  # deferred: see _unrecognised
+
+        name = find_published(text.strip())
+        if name is not None:
+            return published_genotype(name)
+    raise _unrecognised(text)
 
 
 def _validate_cell(name: str, cell: list[tuple[str, int]]) -> None:
@@ -242,7 +330,9 @@ def _validate_cell(name: str, cell: list[tuple[str, int]]) -> None:
             raise GenotypeError(f"{name} node {i}: both edges come from state {pair[0][1]}; sources must differ")
 
 
-# The genotype published with DARTS (second order), used as a reference in tests and docs.
+# The genotype published with DARTS (second order), used as a reference in tests and docs; the
+# same as darts.published's DARTS_V2 (tests/test_published_genotypes.py checks it), kept as code
+# so that importing the search space needs no data file.
 DARTS_V2 = Genotype(
     normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
             ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],

@@ -139,3 +139,72 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) 
     df = (qa + qb) ** 2 / (qa ** 2 / (n_a - 1) + qb ** 2 / (n_b - 1))
     half = t_ppf(0.5 + level / 2.0, df) * se
     return Diff(diff, diff - half, diff + half, df, n_a, n_b)
+
+
+def f_cdf(x: float, d1: float, d2: float) -> float:
+    """P(F <= x) for Fisher's F with (d1, d2) degrees of freedom: I_{d1 x / (d1 x + d2)}(d1/2, d2/2)."""
+    if x <= 0:
+        return 0.0
+    return betainc(d1 / 2.0, d2 / 2.0, d1 * x / (d1 * x + d2))
+
+
+def f_ppf(p: float, d1: float, d2: float) -> float:
+    """The p-quantile of F(d1, d2), by bisection on u = d1 x / (d1 x + d2) in (0, 1), where
+    the cdf I_u(d1/2, d2/2) rises monotonically (the same reasoning as ``t_ppf``)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must lie in (0, 1), got {p}")
+    if not (d1 > 0 and d2 > 0):
+        raise ValueError(f"degrees of freedom must be positive, got {d1}, {d2}")
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if betainc(d1 / 2.0, d2 / 2.0, mid) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-17:
+            break
+    u = 0.5 * (lo + hi)
+    return d2 * u / (d1 * (1.0 - u))
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """s_a / s_b (ratio of sample standard deviations) with a two-sided interval; NaN bounds
+    when undefined (see reason)."""
+    ratio: float
+    low: float
+    high: float
+    n_a: int
+    n_b: int
+    reason: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """'smaller'/'larger' spread than b when the interval excludes 1, else 'no difference shown'."""
+        if self.reason:
+            return ""
+        if self.high < 1:
+            return "smaller"
+        if self.low > 1:
+            return "larger"
+        return "no difference shown"
+
+
+def sd_ratio_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Ratio:
+    """Two-sided ``level`` interval for σ_a / σ_b from the F distribution of s_a²/s_b² · σ_b²/σ_a²
+    ~ F(n_a − 1, n_b − 1) (normal errors assumed): [r / sqrt(F_hi), r / sqrt(F_lo)] with
+    F_hi, F_lo the (1 ± level)/2 quantiles. With 3 seeds per group (2 and 2 df) F_{.975} = 39,
+    so only a ratio beyond ~6 in either direction can be shown."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    n_a, n_b = len(a), len(b)
+    (_, var_a), (_, var_b) = _mean_var(a), _mean_var(b)
+    nan = math.nan
+    if min(n_a, n_b) < 2:
+        return Ratio(nan, nan, nan, n_a, n_b, "fewer than 2 seeds in a group")
+    if var_b == 0.0:
+        return Ratio(nan, nan, nan, n_a, n_b, "no spread over seeds in the reference group")
+    r = math.sqrt(var_a / var_b)
+    tail = (1.0 - level) / 2.0
+    f_hi, f_lo = f_ppf(1.0 - tail, n_a - 1, n_b - 1), f_ppf(tail, n_a - 1, n_b - 1)
+    return Ratio(r, r / math.sqrt(f_hi), r / math.sqrt(f_lo), n_a, n_b)

@@ -31,16 +31,23 @@ def read_runs(params: dict, metrics_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def table1(params: dict, runs: pd.DataFrame, paper: pd.DataFrame,
+           references: Sequence[str] = report.REFERENCES) -> pd.DataFrame:
+    """Table 1's numbers: per config (params order) the seeds' statistics, the paper's
+    figures for that row and the Welch intervals against each reference in the study."""
+    labels = {k: str(v) for k, v in (params.get("labels") or {}).items()}
+    table = report.with_paper(report.summarize(runs, list(params["configs"]), labels), paper)
+    return report.with_comparisons(table, runs, references)
+
+
 def run(params_path: str, metrics_dir: str, out: str, paper_csv: str | Path = PAPER_CSV,
         references: Sequence[str] = report.REFERENCES) -> pd.DataFrame:
     """Write table1.md/csv/tex; `references` are the config names each row's test error is
     compared with (Welch interval), skipped where not in the study."""
     params = load_params(params_path)
     runs = read_runs(params, metrics_dir)
-    labels = {k: str(v) for k, v in (params.get("labels") or {}).items()}
     paper = pd.read_csv(paper_csv)
-    table = report.with_paper(report.summarize(runs, list(params["configs"]), labels), paper)
-    table = report.with_comparisons(table, runs, references)
+    table = table1(params, runs, paper, references)
     display = report.display_table(table, references)
     literature = report.literature_table(paper)
     out_dir = Path(out)

@@ -128,6 +128,17 @@ def figures(params: str = PARAMS, metrics: str = typer.Option("metrics", "--metr
     typer.echo(f"wrote {len(written)} files to {out} (see {out}/index.md)")
 
 
+@app.command()
+def claims(params: str = PARAMS, metrics: str = typer.Option("metrics", "--metrics"),
+           runs: str = typer.Option("runs", "--runs", help="folder with <config>/<seed>/search/history.pt"),
+           out: str = typer.Option("reports", "--out")) -> None:
+    """The paper's claims (a)-(d) tested on this study: claims.md and claims.csv."""
+    from . import claims as stage
+
+    table = _guard(stage.run, params, metrics, runs, out)
+    typer.echo(f"wrote {out}/claims.md ({len(table)} comparisons)")
+
+
 @app.command("variant-figures")
 def variant_figures(search_dir: str = typer.Option("current/search", "--search"),
                     genotype: str = typer.Option("current/genotype/genotype.json", "--genotype"),
@@ -191,6 +202,52 @@ def clean(everything: bool = typer.Option(False, "--all", help="remove every che
     from . import clean as stage
 
     _guard(stage.run, everything, dry_run)
+
+
+MODEL = typer.Option(..., "--model", help="model.pt written by `darts retrain` (or its retrain folder)")
+IMAGE_SIZE = typer.Option(None, "--image-size", min=1, help="input size in pixels (default: the size model.pt "
+                          "records; required for a model.pt of an older `darts retrain`, which records none)")
+
+
+@app.command()
+def predict(inputs: list[str] = typer.Argument(..., help="image files, or folders searched recursively"),
+            model: str = MODEL, top: Optional[int] = typer.Option(None, "--top", help="classes shown per image "
+                                                                  "(default: 5, or all if fewer)"),
+            image_size: Optional[int] = IMAGE_SIZE, device: Optional[str] = DEVICE,
+            threads: Optional[int] = THREADS) -> None:
+    """Classify images with a retrained model: top-K classes and probabilities per image.
+
+    Preprocessing is the test stage's (RGB, resize to the training size, the training mean/std)."""
+    from . import models as stage
+
+    rows, notes = _guard(stage.predict, model, inputs, top, image_size, device, threads)
+    for note in notes:
+        typer.echo(note, err=True)
+    for path, best in rows:
+        typer.echo(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in best))
+
+
+@app.command()
+def export(model: str = MODEL, fmt: str = typer.Option(..., "--format", help="onnx | torchscript"),
+           out: str = typer.Option(..., "--out", help="file to write"),
+           image_size: Optional[int] = IMAGE_SIZE) -> None:
+    """A standalone model (logits of normalised images, dynamic batch, no auxiliary head),
+    checked against PyTorch on random batches of 2 sizes (max |logit difference| <= 1e-4).
+
+    ONNX needs the `export` extra: pip install 'darts-constrained[export]'."""
+    from . import models as stage
+
+    try:
+        r = _guard(stage.export, model, fmt, out, image_size)
+    except stage.ExportFailed as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"wrote {r['out']} ({r['format']}: {r['classes']} classes, {r['image_size']}px input, any batch size)")
+    if r["diffs"] is None:
+        typer.echo(f"check against PyTorch skipped: onnxruntime is not installed; {stage.EXTRA}")
+    else:
+        typer.echo("check against PyTorch: max |logit difference| " + ", ".join(
+            f"{d:.3g} at batch {n}" for n, d in r["diffs"].items()) + f" (tolerance {stage.TOLERANCE:g})")
 
 
 def main() -> None:  # pragma: no cover

@@ -1,4 +1,7 @@
-"""`darts discretize`: Π_S of the final α -> genotype.json and genotype.txt.
+"""`darts discretize`: Π_S of the final α -> genotype.json, genotype.txt and genotype_ptdarts.txt.
+
+genotype.txt is the flat DARTS `Genotype(...)` text, genotype_ptdarts.txt pt.darts' nested
+per-node form: each one pastes into its project's code, and `darts retrain` reads all three.
 
 The genotype never holds `none` or a pruned op (constraints.choose_edges excludes them).
 Ties of activated values are broken by the rule the search ran with (`search.tie_break`,
@@ -38,4 +41,5 @@ def run(search_dir: str, out: str) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(genotype.to_dict(), out_dir / "genotype.json")
     (out_dir / "genotype.txt").write_text(genotype.to_darts_text() + "\n")
+    (out_dir / "genotype_ptdarts.txt").write_text(genotype.to_ptdarts_text() + "\n")
     return genotype.to_dict()

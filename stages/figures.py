@@ -17,15 +17,16 @@ import pandas as pd
 import torch
 
 from darts import figures as F
+from darts import figures_compare as FC
 from darts import figures_study as FS
 from darts import report
 
-from .aggregate import PAPER_CSV, read_runs
+from .aggregate import PAPER_CSV, read_runs, table1
 from .params import ParamsError, load_params, study_runs
 
 #: the study's summary figures (reports/figures/<name>.png|.pdf); per-run figures go to runs/
-SUMMARY = ("alpha_normal", "alpha_reduce", "cells", "error_vs_params_activation", "error_vs_params_schedule",
-           "error_vs_params_regularization", "fimt_schedule", "pruning_timeline")
+SUMMARY = ("alpha_normal", "alpha_reduce", "cells", "comparisons", "error_vs_params_activation",
+           "error_vs_params_schedule", "error_vs_params_regularization", "fimt_schedule", "pruning_timeline")
 #: the study's per-run figures: these for every run, plus fimt_schedule (FIMT) and pruning_timeline (CRB)
 RUN_FIGURES = ("alpha_normal", "alpha_reduce", "cells", "curves", "fimt_schedule", "pruning_timeline")
 #: at most this many processes draw the per-run figures (one per core)
@@ -113,7 +114,10 @@ def index_markdown(best: str, fimt: str | None, crb: int, run_dirs: list[str]) -
              "each figure on this page is also a PDF next to the PNG (per-run figures: PNG only).", "",
              f"## Lowest-test-error run (reporting only, nothing is selected by it): {best}", "",
              "![normal cell α](alpha_normal.png)", "", "![reduction cell α](alpha_reduce.png)", "",
-             "![final cells](cells.png)", "", "## Test error vs params (Figures 3 and S1)", ""]
+             "![final cells](cells.png)", "", "## Test error against random sampling and DARTS", "",
+             "Each row's mean test error minus the reference row's, with its 95 % Welch interval over "
+             "seeds (the numbers of Table 1's Δ columns).", "", "![comparisons](comparisons.png)", "",
+             "## Test error vs params (Figures 3 and S1)", ""]
     lines += [f"![error vs params by {d}](error_vs_params_{d}.png)\n"
               for d in ("activation", "schedule", "regularization")]
     lines += ["## FIMT schedule (Figure 5)" + (f": {fimt}" if fimt else ""), "", "![FIMT schedule](fimt_schedule.png)",
@@ -165,7 +169,10 @@ def run(params_path: str, metrics_dir: str, runs_dir: str, out: str, paper_csv: 
     written += run_figures(load_history(base[bkey] / "search" / "history.pt"), genotypes[bkey], retrains[bkey],
                            out_dir, f"Lowest-test-error run (reporting only): {best_run}",
                            names=("alpha_normal", "alpha_reduce", "cells"))
-    ref = reference_points(pd.read_csv(paper_csv))
+    paper = pd.read_csv(paper_csv)
+    written += FC.comparisons(table1(params, metrics, paper), report.REFERENCES, out_dir / "comparisons",
+                              "Test error against the reference rows: mean difference over seeds, 95 % Welch interval")
+    ref = reference_points(paper)
     for dim in ("activation", "schedule", "regularization"):
         written += FS.error_vs_params(metrics, dim, out_dir / f"error_vs_params_{dim}",
                                       f"Test error vs params, coloured by {dim}", reference=ref)

@@ -18,6 +18,8 @@ from darts.data import BatchStream
 from darts.search import NonFiniteError
 from darts.evalnet import EvalNetwork, count_params_m
 from darts.hostmemory import retain_freed_memory
+from darts.inference import model_record
+from darts.published import PUBLISHED, find_published, published_genotype
 from darts.space import Genotype, GenotypeError, genotype_format, parse_genotype, shorten
 from darts.train import RetrainConfig, Retrainer
 
@@ -59,16 +61,18 @@ def retrain_settings(params: dict) -> tuple[RetrainConfig, dict]:
 
 
 GENOTYPE_FORMS = ("--genotype takes a genotype.json file, a file of DARTS Genotype(normal=[...], "
-                  "normal_concat=range(2, 6), reduce=[...], reduce_concat=range(2, 6)) text (genotype.txt), "
-                  "or that text inline")
+                  "normal_concat=range(2, 6), reduce=[...], reduce_concat=range(2, 6)) text (genotype.txt) or of "
+                  "pt.darts' nested Genotype(normal=[[...], ...], ...) text (genotype_ptdarts.txt), that text inline, "
+                  f"or a published genotype's name ({', '.join(PUBLISHED)}, any case)")
 MAX_GENOTYPE_BYTES = 1 << 20  # a genotype is < 1 kB; anything this big is the wrong file
 
 
 def read_genotype(arg: str) -> tuple[Genotype, dict]:
     """The genotype of `--genotype ARG` and where it came from (recorded in retrain.json).
 
-    ARG is a file (content decides the form: JSON or DARTS text, so genotype.txt works
-    too) or the genotype text itself. What ARG means is decided here and what text
+    ARG is a file (content decides the form: JSON, DARTS or pt.darts text, so genotype.txt
+    works too), the genotype text itself, or a published genotype's name; an existing file
+    wins over a name of the same spelling. What ARG means is decided here and what text
     means in darts.space.parse_genotype, so a new form is added in one place. Every
     failure is one line naming ARG (shortened) and the accepted forms.
     """
@@ -82,7 +86,15 @@ def read_genotype(arg: str) -> tuple[Genotype, dict]:
     except (OSError, ValueError):  # a name too long for the file system: inline text, or nothing
         is_dir = is_file = False
     form = genotype_format(arg)
-    if form is not None and not is_file:
+    if form == "name" and not is_file:
+        # a bare word is a name or a path: say both when it is neither (a directory gets its own message)
+        name = find_published(arg)
+        if name is not None:
+            return published_genotype(name), {"inline": True, "path": None, "format": "name", "name": name}
+        if not is_dir:
+            raise ParamsError(f"--genotype {shown} is neither an existing file nor a published genotype name; "
+                              f"{GENOTYPE_FORMS}")
+    elif form is not None and not is_file:
         try:
             return parse_genotype(arg), {"inline": True, "path": None, "format": form}
         except GenotypeError as e:
@@ -91,8 +103,9 @@ def read_genotype(arg: str) -> tuple[Genotype, dict]:
         hint = f" (pass {p / 'genotype.json'})" if (p / "genotype.json").is_file() else ""
         raise ParamsError(f"--genotype {shown} is a directory{hint}; {GENOTYPE_FORMS}")
     if not is_file:
-        hint = " (`darts discretize` writes genotype.json and genotype.txt)" if path_like else ""
-        raise ParamsError(f"--genotype {shown} is neither an existing file nor genotype text{hint}; {GENOTYPE_FORMS}")
+        hint = " (`darts discretize` writes genotype.json, genotype.txt and genotype_ptdarts.txt)" if path_like else ""
+        raise ParamsError(f"--genotype {shown} is neither an existing file nor genotype text nor a published "
+                          f"genotype name{hint}; {GENOTYPE_FORMS}")
     if p.stat().st_size > MAX_GENOTYPE_BYTES:
         raise ParamsError(f"genotype file {p} is {p.stat().st_size} bytes, too large for a genotype; {GENOTYPE_FORMS}")
     try:
@@ -198,9 +211,9 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
             curve.append(row)
             progress.end_epoch(row, ("loss", "acc", "lr"))
             save()
-    ckpt.save_atomic({"state": model.state_dict(), "genotype": genotype.to_dict(), "C": extra["C"],
-                      "layers": extra["layers"], "auxiliary": bool(extra["auxiliary"]),
-                      "n_classes": len(train_set.classes)}, out_dir / "model.pt")
+    # darts.inference defines the format: the network, plus class names, image size and mean/std
+    ckpt.save_atomic(model_record(model, genotype, extra["C"], extra["layers"], bool(extra["auxiliary"]),
+                                  train_set.classes, train_set.images.shape[-1]), out_dir / "model.pt")
     # the run's own identity, so `darts test` needs no search (a published genotype has none)
     summary = {"run": asdict(spec), "genotype_source": genotype_source, "genotype": genotype.to_dict(),
                "params_m": count_params_m(model), "device": device_label(device),

@@ -162,3 +162,23 @@ def test_variant_figures(tiny_study, fast):
                                 str(base / "retrain"), str(tiny_study / "current" / "figures"),
                                 str(tiny_study / "metrics" / "FIMT_CRB" / "0.json"))
     assert_files(written, list(stage.RUN_FIGURES), tiny_study / "current" / "figures")
+
+
+def test_comparison_figure_draws_table1s_intervals(tmp_path):
+    """The figure's bars are Table 1's numbers: Random [2, 4, 6, 8] vs X [1, 2, 3, 4] is
+    −2.50 [−6.36, +1.36] (no difference shown; the by-hand case of test_stats), Y lies
+    wholly below; a one-seed row has no interval."""
+    from darts import figures_compare as FC
+    from darts import report
+
+    errors = {"Random": [2, 4, 6, 8], "X": [1, 2, 3, 4], "Y": [0.1, 0.2, 0.3, 0.4], "Z": [5.0]}
+    runs = pd.DataFrame([{"config": c, "seed": s, "test_error": e, "params_m": 1.0, "search_seconds": 0.0,
+                          "search_gpu_days": 0.0, "device": "cpu"} for c, es in errors.items() for s, e in enumerate(es)])
+    table = report.with_comparisons(report.summarize(runs, list(errors), {}), runs, ("Random", "DARTS"))
+    rows = FC.interval_rows(table, "Random")
+    assert [r["label"] for r in rows] == ["Random (n=4)", "X (n=4)", "Y (n=4)", "Z (n=1)"]  # every panel: all rows
+    assert (rows[1]["diff"], rows[1]["low"], rows[1]["high"]) == pytest.approx((-2.5, -6.364167, 1.364167), rel=1e-6)
+    assert [r["verdict"] for r in rows] == ["reference", "no difference shown", "lower", None]
+    assert rows[3]["low"] is None and rows[3]["diff"] == pytest.approx(0.0)
+    written = FC.comparisons(table, ("Random", "DARTS"), tmp_path / "c", "t", formats=("png",))
+    assert [p.name for p in written] == ["c.png"] and written[0].stat().st_size > 1000

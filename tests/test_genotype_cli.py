@@ -1,9 +1,10 @@
 """`--genotype` forms end to end, and `darts test` with and without `--search`.
 
 A genotype need not come from this project's search: the genotype.txt that `discretize`
-writes (DARTS `Genotype(...)` text) and the same text given inline both retrain, and the
-retrain records its own run so that `darts test` works without a search (search fields
-null, the retrain's label) and refuses a search of another run instead of borrowing it.
+writes (DARTS `Genotype(...)` text; it writes pt.darts' nested form too) and the same text
+given inline both retrain, and the retrain records its own run so that `darts test` works
+without a search (search fields null, the retrain's label) and refuses a search of another
+run instead of borrowing it.
 Tiny scale (conftest.tiny_params, 1 epoch): the whole module takes seconds.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import assert_one_line_error as _assert_one_line_error, tiny_params
+from darts.space import genotype_format, parse_genotype
 from stages.cli import app
 
 runner = CliRunner()
@@ -52,6 +54,8 @@ def _test(study: Path, retrain: str, out: str, search: bool):
 
 def test_discretized_txt_and_inline_text_retrain(study):
     genotype = json.loads((study / "genotype" / "genotype.json").read_text())
+    ptdarts = (study / "genotype" / "genotype_ptdarts.txt").read_text()  # discretize writes pt.darts' form too
+    assert genotype_format(ptdarts) == "ptdarts" and parse_genotype(ptdarts).to_dict() == genotype
     txt = json.loads((study / "retrain-txt" / "retrain.json").read_text())
     assert txt["genotype"] == genotype
     assert txt["run"]["name"] == "DARTS" and txt["run"]["label"] == "DARTS" and txt["run"]["seed"] == 0

@@ -111,3 +111,27 @@ def test_level_changes_width():
     assert w99 / w95 == pytest.approx(4.604094871 / 2.776445105, rel=1e-8)
     with pytest.raises(ValueError):
         welch_interval(a, b, level=95)
+
+
+@pytest.mark.parametrize("p, d1, d2, expected", [
+    (0.95, 3, 10, 3.708265), (0.975, 5, 7, 5.285237), (0.975, 2, 2, 39.0), (0.99, 1, 1, 4052.181),
+    (0.95, 10, 30, 2.164579), (0.025, 2, 2, 1 / 39.0)])
+def test_f_quantiles_match_tables(p, d1, d2, expected):
+    from darts.stats import f_cdf, f_ppf
+
+    assert f_ppf(p, d1, d2) == pytest.approx(expected, rel=1e-5)
+    assert f_cdf(f_ppf(p, d1, d2), d1, d2) == pytest.approx(p, abs=1e-9)
+
+
+def test_sd_ratio_interval_by_hand():
+    """a = [1, 2, 3] (s² = 1), b = [1, 3, 5] (s² = 4): σ_a/σ_b = 0.5, 2 and 2 df, F_.975 = 39,
+    F_.025 = 1/39: [0.5/√39, 0.5·√39] = [0.080064, 3.122499]; crosses 1."""
+    from darts.stats import sd_ratio_interval
+
+    r = sd_ratio_interval([1, 2, 3], [1, 3, 5])
+    assert (r.ratio, r.low, r.high) == pytest.approx((0.5, 0.5 / 39 ** 0.5, 0.5 * 39 ** 0.5), rel=1e-7)
+    assert r.verdict == "no difference shown"
+    tight = sd_ratio_interval([10.0, 10.01, 10.02, 10.0, 10.01], [1.0, 9.0, 4.0, 12.0, 0.0])
+    assert tight.verdict == "smaller" and tight.high < 1
+    assert sd_ratio_interval([1.0], [1.0, 2.0]).reason == "fewer than 2 seeds in a group"
+    assert sd_ratio_interval([1.0, 2.0], [3.0, 3.0]).reason.startswith("no spread")
