@@ -74,8 +74,8 @@ def search(out: str = typer.Option(..., "--out", help="output folder"), config: 
 
 @app.command()
 def discretize(search_dir: str = typer.Option(..., "--search", help="search output folder"),
-               out: str = typer.Option(..., "--out", help="folder for genotype.json/.txt")) -> None:
-    """Project the final α onto S: write genotype.json and genotype.txt."""
+               out: str = typer.Option(..., "--out", help="folder for genotype.json, genotype.txt, genotype_ptdarts.txt")) -> None:
+    """Project the final α onto S: write genotype.json and both text forms (DARTS flat, pt.darts nested)."""
     from . import discretize as stage
 
     g = _guard(stage.run, search_dir, out)
@@ -83,8 +83,9 @@ def discretize(search_dir: str = typer.Option(..., "--search", help="search outp
 
 
 @app.command()
-def retrain(genotype: str = typer.Option(..., "--genotype", help="genotype.json, genotype.txt (DARTS "
-                                          "Genotype(...) text), or that text inline"),
+def retrain(genotype: str = typer.Option(..., "--genotype", help="genotype.json, genotype.txt / "
+                                          "genotype_ptdarts.txt (Genotype(...) text, flat or nested), that text "
+                                          "inline, or a published name (DARTS_V1, DARTS_V2, PC_DARTS, PDARTS)"),
             out: str = typer.Option(..., "--out"), config: Optional[str] = CONFIG, seed: Optional[int] = SEED,
             params: str = PARAMS, prepared: str = PREPARED, device: Optional[str] = DEVICE,
             threads: Optional[int] = THREADS) -> None:

@@ -222,7 +222,7 @@ def test_parse_genotype_concat_forms_and_positional():
     (DARTS_V2_TEXT + " + 1", "not a DARTS genotype"),
     (DARTS_V2_TEXT[:-1], "not valid syntax"),
     (DARTS_V2_TEXT.replace("normal=", "normal=", 1).replace("reduce_concat=[2, 3, 4, 5]", "normal=[]"), "twice"),
-    # pt.darts' nested per-node lists are a later issue: for now a clear one-line refusal
+    # nested per-node lists that are not pt.darts' form (a list product; reduce empty) are refused in one line
     ("Genotype(normal=[[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)]] * 4, normal_concat=range(2, 6), "
      "reduce=[], reduce_concat=range(2, 6))", "not a literal"),
     ("Genotype(normal=" + str([[("sep_conv_3x3", 0), ("sep_conv_3x3", 1)]] * 4) + ", normal_concat=range(2, 6), "
