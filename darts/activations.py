@@ -33,6 +33,10 @@ class Softmax:
     name = "softmax"
     node_norm = False
     prunes = False
+    #: constructor argument -> the params.search key that sets it
+    options = {"init_scale": "softmax_init_scale"}
+    #: the params.search key of this activation's own α weight decay (None: search.alpha_weight_decay)
+    alpha_weight_decay_option: str | None = None
 
     def __init__(self, init_scale: float = 1e-3):
         self.ops = search_ops("softmax")
@@ -58,6 +62,9 @@ class CRB:
     name = "crb"
     node_norm = True
     prunes = True
+    options = {"init_noise": "crb_init_noise"}
+    # paper §4.1: no α weight decay with CRB (the authors' code kept 1e-3): its own setting, default 0
+    alpha_weight_decay_option: str | None = "crb_alpha_weight_decay"
 
     def __init__(self, init_noise: float = 1e-4):
         self.ops = search_ops("crb")

@@ -116,6 +116,14 @@ class FIMT:
 
 
 SCHEDULES = ("alternate", "constant", "fimt")
+#: the class behind each name, for what a schedule can do without building one (needs_fisher)
+SCHEDULE_TYPES = {"alternate": Constant, "constant": Constant, "fimt": FIMT}
+
+
+def logs_fisher(name: str) -> bool:
+    """Whether runs of schedule ``name`` log the Fisher trace (F, F̄, T); False for a name
+    that is no schedule (a method that takes no step, e.g. random sampling's "none")."""
+    return bool(getattr(SCHEDULE_TYPES.get(name), "needs_fisher", False))
 
 
 def make_schedule(name: str, k: int = 10, lam: float = 0.2, m: float = 1.05, threshold: float = 1.0,

@@ -17,6 +17,8 @@ import pandas as pd
 import torch
 
 from darts import figures as F
+from darts.activations import ACTIVATIONS
+from darts.schedules import logs_fisher
 from darts import figures_compare as FC
 from darts import figures_study as FS
 from darts import report
@@ -57,7 +59,8 @@ def pruning_run(history: dict, label: str, config: str, seed_index: int = 0) -> 
 
 
 def run_figures(history: dict, genotype: dict, retrain: dict | None, out: Path, title: str,
-                names: tuple[str, ...] = RUN_FIGURES, formats: tuple[str, ...] = F.FORMATS) -> list[Path]:
+                names: tuple[str, ...] = RUN_FIGURES, formats: tuple[str, ...] = F.FORMATS,
+                prunes: bool = False) -> list[Path]:
     """The figures of one run: α per cell type, final cells, curves, FIMT schedule, pruning."""
     written: list[Path] = []
     spe = steps_per_epoch(history)
@@ -78,7 +81,7 @@ def run_figures(history: dict, genotype: dict, retrain: dict | None, out: Path, 
                                     empty="this run's schedule is not FIMT: there is no F, F̄ or threshold to show",
                                     formats=formats)
     if "pruning_timeline" in names:
-        runs = [pruning_run(history, title, title)] if history["pruned"] or "none" not in history["ops"] else []
+        runs = [pruning_run(history, title, title)] if prunes else []
         written += FS.pruning_timeline(runs, out / "pruning_timeline", f"{title}: live ops during the search",
                                        empty="softmax activation: no op is pruned during the search (only CRB prunes)",
                                        formats=formats)
@@ -90,11 +93,12 @@ def _one_run(job: tuple) -> tuple[list[Path], dict | None, tuple | None]:
     what the study figures need from its history (pruning events, FIMT log)."""
     spec, folder, genotype, retrain, out, seed_index, is_fimt = job
     history = load_history(folder / "search" / "history.pt")
-    names = tuple(n for n in RUN_FIGURES if (n != "fimt_schedule" or spec.schedule == "fimt")
-                  and (n != "pruning_timeline" or spec.activation == "crb"))
+    prunes = ACTIVATIONS[spec.activation].prunes
+    names = tuple(n for n in RUN_FIGURES if (n != "fimt_schedule" or logs_fisher(spec.schedule))
+                  and (n != "pruning_timeline" or prunes))
     title = f"{spec.label} seed {spec.seed}"
-    files = run_figures(history, genotype, retrain, out, title, names, formats=("png",))
-    crb_run = pruning_run(history, title, spec.name, seed_index) if spec.activation == "crb" else None
+    files = run_figures(history, genotype, retrain, out, title, names, formats=("png",), prunes=prunes)
+    crb_run = pruning_run(history, title, spec.name, seed_index) if prunes else None
     steps = (history["steps"], steps_per_epoch(history)) if is_fimt else None
     return files, crb_run, steps
 
@@ -142,7 +146,7 @@ def run(params_path: str, metrics_dir: str, runs_dir: str, out: str, paper_csv: 
         genotypes[key] = _json(folder / "genotype" / "genotype.json", "genotype")
         retrains[key] = _json(folder / "retrain" / "retrain.json", "retrain summary")
     seeds = list(params["seeds"])
-    fimt = next((s for s in specs if s.schedule == "fimt"), None)
+    fimt = next((s for s in specs if logs_fisher(s.schedule)), None)
     written: list[Path] = []
     run_dirs, crb, fimt_steps = [], [], None
     jobs = [(spec, base[(spec.name, spec.seed)], genotypes[(spec.name, spec.seed)],
@@ -199,4 +203,4 @@ def run_variant(search_dir: str, genotype_file: str, retrain_dir: str, out: str,
     title = f"{spec['label']} seed {spec['seed']}"
     if metrics_file and Path(metrics_file).is_file():
         title += f" (test error {json.loads(Path(metrics_file).read_text())['test_error']:.2f}%)"
-    return run_figures(history, genotype, retrain, Path(out), title)
+    return run_figures(history, genotype, retrain, Path(out), title, prunes=ACTIVATIONS[spec["activation"]].prunes)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from darts import checkpoint as ckpt
-from darts.activations import make_activation
+from darts.activations import ACTIVATIONS, make_activation
 from darts.data import BatchStream, split_indices
 from darts.hostmemory import retain_freed_memory
 from darts.methods import METHODS, Untrained
@@ -67,8 +67,9 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
     extra = {k: s.get(k, v) for k, v in EXTRA_KEYS.items()}
     cfg = SearchConfig(**{k: (tuple(v) if k == "alpha_betas" else v) for k, v in s.items() if k in cfg_fields})
     cfg.order = spec.order
-    if spec.activation == "crb":  # paper §4.1: no α weight decay with CRB (the authors' code kept 1e-3)
-        cfg.alpha_weight_decay = extra["crb_alpha_weight_decay"]
+    own_decay = ACTIVATIONS[spec.activation].alpha_weight_decay_option  # CRB: none (paper §4.1)
+    if own_decay is not None:
+        cfg.alpha_weight_decay = extra[own_decay]
     try:
         cfg.validate()
     except ValueError as e:
@@ -108,8 +109,8 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
         net = SearchNetwork(make_activation(spec.activation), C=extra["C"], n_classes=len(train_set.classes),
                             layers=extra["layers"], generator=torch.Generator().manual_seed(spec.seed)).to(device)
         return Untrained(net, method.set_alpha, spec.seed), {"train_fraction": None, "train": 0, "val": 0}, None
-    act_kwargs = {"init_noise": extra["crb_init_noise"]} if spec.activation == "crb" else {"init_scale": extra["softmax_init_scale"]}
-    activation = make_activation(spec.activation, **act_kwargs)
+    activation = make_activation(spec.activation, **{arg: extra[key] for arg, key in
+                                                     ACTIVATIONS[spec.activation].options.items()})
     schedule = make_schedule(spec.schedule, k=extra["k"], lam=extra["fimt_lambda"], m=extra["fimt_m"],
                              threshold=extra["fimt_threshold"], fimt_cycle=extra["fimt_cycle"])
     regularizer = make_regularizer(spec.regularization, rho_pr=extra["pr_rho"], rho_admm=extra["admm_rho"],

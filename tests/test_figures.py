@@ -157,7 +157,7 @@ def test_study_figures_stage_reads_params_runs_not_a_glob(tiny_study):
 
 def test_variant_figures(tiny_study, fast):
     base = tiny_study / "runs" / "FIMT_CRB" / "0"
-    (base / "search" / "search.json").write_text(json.dumps({"run": {"label": "crb-fimt-pr", "seed": 0}}))
+    (base / "search" / "search.json").write_text(json.dumps({"run": {"label": "crb-fimt-pr", "seed": 0, "activation": "crb"}}))
     written = stage.run_variant(str(base / "search"), str(base / "genotype" / "genotype.json"),
                                 str(base / "retrain"), str(tiny_study / "current" / "figures"),
                                 str(tiny_study / "metrics" / "FIMT_CRB" / "0.json"))

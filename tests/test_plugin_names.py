@@ -1,0 +1,44 @@
+"""The command layer asks components what they can do; it never compares their names.
+
+The guide's rule for plug-ins (darts/search.py's loop asks `alpha_step_due`, `needs_fisher`,
+`penalty`): a new activation, schedule, regularizer or method is added in its own module and
+the registry, and no `if x == "crb"` elsewhere has to learn about it. This scans the stages'
+syntax trees for a comparison with a component's name.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from darts.activations import ACTIVATIONS
+from darts.methods import METHODS
+from darts.regularizers import REGULARIZERS
+from darts.schedules import SCHEDULES
+
+NAMES = set(ACTIVATIONS) | set(SCHEDULES) | set(REGULARIZERS) | set(METHODS)
+STAGES = Path(__file__).resolve().parents[1] / "stages"
+
+
+def name_comparisons(source: str) -> list[tuple[int, str]]:
+    """(line, name) of every ==, !=, in, not in with a component name as a constant operand."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare) and all(isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn))
+                                                 for op in node.ops):
+            for side in (node.left, *node.comparators):
+                consts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                for c in consts:
+                    if isinstance(c, ast.Constant) and c.value in NAMES:
+                        found.append((node.lineno, c.value))
+    return found
+
+
+def test_the_scan_finds_a_name_comparison():
+    assert name_comparisons("if spec.activation == 'crb':\n    pass\n") == [(1, "crb")]
+    assert name_comparisons("x = s.schedule in ('fimt', 'other')\n") == [(1, "fimt")]
+    assert name_comparisons("if spec.prunes:\n    pass\n") == []
+
+
+def test_no_stage_compares_a_component_name():
+    hits = {p.name: name_comparisons(p.read_text()) for p in sorted(STAGES.glob("*.py"))}
+    assert {k: v for k, v in hits.items() if v} == {}
