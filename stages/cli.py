@@ -181,12 +181,47 @@ def study_run(jobs: int = typer.Option(1, "--jobs", "-j", help="chains run at on
               devices: Optional[str] = typer.Option(None, "--devices",
                                                     help="comma-separated devices, one per job slot in turn "
                                                          "(cuda:0,cuda:1); default: cuda if present, else cpu"),
-              params: str = PARAMS) -> None:
+              params: str = PARAMS,
+              shard: Optional[str] = typer.Option(None, "--shard",
+                                                  help="I/N: run only shard I of N (chain k of the study's order "
+                                                       "goes to shard k mod N + 1), then push its runs and the "
+                                                       "run-cache to the default DVC remote; no Table 1 (see "
+                                                       "`darts study collect`)")) -> None:
     """Run every config × seed chain (and the variant chain) in parallel through DVC, then
     Table 1 and the figures. A rerun resumes; `dvc status` is clean afterwards."""
     from . import study as stage
 
-    raise typer.Exit(_guard(stage.run, params, jobs, devices))
+    raise typer.Exit(_guard(stage.run, params, jobs, devices, shard=shard))
+
+
+@study_app.command("collect")
+def study_collect(params: str = PARAMS) -> None:
+    """Restore every shard's runs from the default DVC remote's run-cache (none is computed
+    here), then write Table 1, the claims and the figures. Names the missing chains, exit 1."""
+    from . import study as stage
+
+    raise typer.Exit(_guard(stage.collect, params))
+
+
+#: the commands that compute a run; `darts study collect` sets DARTS_RESTORE_ONLY (its name is
+#: stages.study.RESTORE_ONLY_ENV, not imported here: stages.study imports torch) and they refuse
+RUN_COMMANDS = ("search", "discretize", "retrain", "test")
+
+
+@app.callback()
+def _restore_only(ctx: typer.Context) -> None:
+    """Refuse the run commands under DARTS_RESTORE_ONLY. A collector must only restore runs:
+    if DVC found a stage missing from the run-cache (not pushed yet, or pushed for other
+    params) it would run it, silently computing on the wrong machine. Refusing here, in the
+    command DVC runs, holds whatever DVC decides. (The app's help stays Typer(help=...).)"""
+    import os
+
+    flag = os.environ.get("DARTS_RESTORE_ONLY", "")
+    if flag not in ("", "0") and ctx.invoked_subcommand in RUN_COMMANDS:
+        typer.echo(f"error: `darts {ctx.invoked_subcommand}` refused: DARTS_RESTORE_ONLY={flag} is set "
+                   "(`darts study collect` only restores runs from the DVC remote); unset it to compute this run",
+                   err=True)
+        raise typer.Exit(2)
 
 
 @app.command()

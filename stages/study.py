@@ -15,11 +15,22 @@ DARTS_THREADS), never through params.yaml, so pinning a chain to a device change
 stage's hash. A failed chain does not stop the others; it is named at the end and the
 exit code is 1. A rerun finds finished stages up to date and interrupted ones resume
 from their checkpoints.
+
+Several machines (`--shard I/N`, then `darts study collect`) share a DVC remote, and
+DVC's run-cache carries the results: a shard's dvc.lock never leaves its machine, but
+each stage it runs leaves a run-cache entry (the stage's command, dependency and params
+hashes → its output hashes), and `dvc push --run-cache` uploads those entries with the
+outputs. A collector's `dvc repro --pull` looks every chain stage up in the remote's
+run-cache and checks its outputs out instead of running it. Outputs declared
+`cache: false` (reports/*, the summary figures) never travel that way, so the collector
+writes them itself with the final `dvc repro` (aggregate, claims, figures); the per-run
+metrics files are ordinary cached outputs and do travel.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +47,15 @@ RUN_STAGES = ("search", "discretize", "retrain", "test")
 VARIANT_STAGES = ("variant-search", "variant-discretize", "variant-retrain", "variant-test", "variant-figures")
 #: the stages every chain depends on, reproduced once before the chains start
 SETUP_STAGES = ("check-params", "prepare-split")
+#: set by `darts study collect` for every DVC command it runs: `darts search`, `discretize`,
+#: `retrain` and `test` then refuse to run (stages/cli.py), so a collector can only restore
+#: runs from the remote, never compute one by accident (say, for params the shards did not use)
+RESTORE_ONLY_ENV = "DARTS_RESTORE_ONLY"
+
+
+class RemoteError(ParamsError):
+    """No usable DVC remote for `--shard` / `collect`: a setup error, reported like a bad
+    parameter (one line, exit 2) before any run starts, not after hours of compute."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,36 @@ def parse_devices(devices: str | None, jobs: int) -> list[str]:
         if d not in ("auto", "cpu", "cuda") and not (d.startswith("cuda:") and d[5:].isdigit()):
             raise ParamsError(f"--devices entry {d!r} is invalid; valid: auto, cpu, cuda, cuda:N (comma-separated)")
     return out or ["auto"]
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """`--shard I/N` → (I, N), 1 <= I <= N; None (the whole study) when not given."""
+    if shard is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
+    if not m or not 1 <= int(m[1]) <= int(m[2]):
+        raise ParamsError(f"--shard {shard!r} is invalid; valid: I/N with integers 1 <= I <= N "
+                          "(e.g. 1/2 and 2/2 on two machines)")
+    return int(m[1]), int(m[2])
+
+
+def shard_chains(chains: list[Chain], index: int, count: int) -> list[Chain]:
+    """Shard `index` of `count` (1-based): round robin over the study's order (study_chains:
+    params.yaml's configs × seeds, then the variant chain), so chain k goes to shard
+    k mod N + 1. Every machine computes the same split from the same params.yaml; the seeds
+    of one config land on different shards and the costs stay balanced."""
+    return [c for k, c in enumerate(chains) if k % count == index - 1]
+
+
+def default_remote(env: dict) -> str:
+    """The default DVC remote's name: where shards push and collectors pull (`dvc repro
+    --pull` only knows the default remote, so both sides use it)."""
+    r = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], env=env, text=True, capture_output=True)
+    name = r.stdout.strip()
+    if r.returncode != 0 or not name:
+        raise RemoteError("no default DVC remote is set; the machines of a study share one: "
+                          "`dvc remote add -d NAME URL` (s3://…, gs://…, ssh://…, or a shared folder)")
+    return name
 
 
 def worker_env(slot: int, jobs: int, devices: list[str], cores: int, base: dict | None = None) -> dict:
@@ -141,28 +191,70 @@ def _tail(path: Path, n: int = 3) -> str:
     return "\n".join("    " + line for line in lines[-n:])
 
 
-def run(params_path: str, jobs: int, devices: str | None, log_dir: str = "logs/study", out=None) -> int:
-    """Run the whole study (chains in parallel, then aggregate and figures); the exit code."""
-    out = out or sys.stderr
-    say = lambda text: (out.write(text + "\n"), out.flush())  # noqa: E731
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ParamsError(f"--jobs={jobs!r} is invalid; must be an integer >= 1")
+def _check_params_path(params_path: str) -> None:
+    """DVC reads ./params.yaml whatever --params says: refuse another file rather than mislead."""
     if params_path != "params.yaml":
         raise ParamsError(f"--params {params_path!r}: the study runs through DVC, which reads ./params.yaml; "
                           "run from the project root")
+
+
+def _say(out):
+    """A progress printer that flushes each line (a shard's log is watched while it runs)."""
+    return lambda text: (out.write(text + "\n"), out.flush())
+
+
+def run(params_path: str, jobs: int, devices: str | None, log_dir: str = "logs/study", out=None,
+        shard: str | None = None) -> int:
+    """Run the whole study (chains in parallel, then aggregate and figures); the exit code.
+
+    With `shard="I/N"`: only that shard's chains (shard_chains), then `dvc push --run-cache`
+    of what finished, and no aggregate, claims or figures (they need every run: that is
+    `collect`'s job, on any clone, once every shard has pushed)."""
+    out = out or sys.stderr
+    say = _say(out)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ParamsError(f"--jobs={jobs!r} is invalid; must be an integer >= 1")
+    part = parse_shard(shard)
+    _check_params_path(params_path)
     device_list = parse_devices(devices, jobs)
     chains = study_chains(load_params(params_path))
     cores = os.cpu_count() or 1
+    base = worker_env(0, jobs, device_list, cores)
+    remote = default_remote(base) if part else None  # before any compute: a shard must be able to push
     logs = Path(log_dir)
     logs.mkdir(parents=True, exist_ok=True)
-    base = worker_env(0, jobs, device_list, cores)
+    if part:
+        total = len(chains)
+        chains = shard_chains(chains, *part)
+        say(f"[study] shard {part[0]}/{part[1]}: {len(chains)} of the study's {total} chains "
+            f"({', '.join(c.name for c in chains) or 'none: more shards than chains'}); results go to "
+            f"DVC remote {remote!r}")
 
     say(f"[study] checking params and preparing data ({', '.join(SETUP_STAGES)})")
-    setup = _dvc(["repro", *SETUP_STAGES], base)
+    # a shard takes the prepared data from the remote's run-cache when another shard has
+    # pushed it: every machine then feeds the chains the same bytes, whatever its library versions
+    setup = _dvc(["repro", *(["--pull"] if part else []), *SETUP_STAGES], base)
     if setup.returncode != 0:
         say(setup.stdout.rstrip())
         say("[study] stopped before any run: fix the error above")
         return 2
+    board = _run_chains(chains, jobs, device_list, cores, base, logs, say)
+    if board is None:
+        return 130
+    if part:
+        return _push(board, chains, part, remote, base, logs, say)
+    if board.failed:
+        say(f"[study] {len(board.failed)} chain(s) failed: {', '.join(board.failed)} (logs in {logs}/); "
+            "Table 1 and the figures need every run: fix and rerun `darts study run` (finished chains are kept)")
+        return 1
+    say(f"[study] all {board.total} chains done in {fmt_seconds(time.monotonic() - board.t0)}; "
+        "writing Table 1 and the figures (dvc repro)")
+    return _final_repro(base, logs, say, board.t0)
+
+
+def _run_chains(chains: list[Chain], jobs: int, device_list: list[str], cores: int, base: dict, logs: Path,
+                say) -> Board | None:
+    """Run the stale chains `jobs` at a time; the board, or None after Ctrl-C / SIGTERM."""
     stale = stale_stages(base)
     board = Board(total=len(chains), jobs=jobs)
     pending = []
@@ -216,18 +308,45 @@ def run(params_path: str, jobs: int, devices: str | None, log_dir: str = "logs/s
             proc.wait()
             log.close()
         say("[study] interrupted: running chains saved their checkpoints; rerun `darts study run` to resume")
-        return 130
+        return None
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if board.failed:
-        say(f"[study] {len(board.failed)} chain(s) failed: {', '.join(board.failed)} (logs in {logs}/); "
-            "Table 1 and the figures need every run: fix and rerun `darts study run` (finished chains are kept)")
+    return board
+
+
+def _push(board: Board, chains: list[Chain], part: tuple[int, int], remote: str, env: dict, logs: Path,
+          say) -> int:
+    """Upload a shard's finished chains: their outputs (named as targets, from this machine's
+    dvc.lock) and the run-cache entries that let any other clone find them without that
+    dvc.lock. Failed chains are not named, but pushing what finished keeps it from being lost."""
+    tag = f"shard {part[0]}/{part[1]}"
+    finished = [c for c in chains if c.name in board.done]
+    targets = [*SETUP_STAGES, *(st for c in finished for st in c.stages)]
+    say(f"[study] {tag}: pushing {len(finished)} finished chain(s) and the run-cache to {remote!r} "
+        f"(dvc push --run-cache)")
+    push_log = logs / f"push-{part[0]}-of-{part[1]}.log"
+    with open(push_log, "w") as log:
+        pushed = _dvc(["push", "--run-cache", *targets], env, log=log)
+    if pushed.returncode != 0:
+        say(f"[study] {tag}: `dvc push` failed (exit {pushed.returncode}), log {push_log}:\n" + _tail(push_log, 6)
+            + f"\n[study] the runs are kept here: rerun `darts study run --shard {part[0]}/{part[1]}` to push "
+            "again (finished chains are up to date, so it only pushes)")
         return 1
-    say(f"[study] all {board.total} chains done in {fmt_seconds(time.monotonic() - board.t0)}; "
-        "writing Table 1 and the figures (dvc repro)")
+    if board.failed:
+        say(f"[study] {tag}: {len(board.failed)} chain(s) failed: {', '.join(board.failed)} (logs in {logs}/); "
+            f"the others are pushed; fix and rerun `darts study run --shard {part[0]}/{part[1]}`")
+        return 1
+    say(f"[study] {tag} done in {fmt_seconds(time.monotonic() - board.t0)} and pushed; once every shard has "
+        "pushed, `darts study collect` on any clone writes Table 1, the claims and the figures")
+    return 0
+
+
+def _final_repro(env: dict, logs: Path, say, t0: float) -> int:
+    """`dvc repro` of the whole pipeline: after the chains only aggregate, claims and figures
+    are stale (they and their `cache: false` reports are written here)."""
     final_log = logs / "final.log"
     with open(final_log, "w") as log:
-        final = _dvc(["repro"], base, log=log)
+        final = _dvc(["repro"], env, log=log)
     text = final_log.read_text(errors="replace")
     for line in text.splitlines():
         if line.startswith("Running stage"):
@@ -235,5 +354,73 @@ def run(params_path: str, jobs: int, devices: str | None, log_dir: str = "logs/s
     if final.returncode != 0:
         say(f"[study] the final `dvc repro` failed (exit {final.returncode}), log {final_log}:\n" + _tail(final_log, 6))
         return 1
-    say(f"[study] done in {fmt_seconds(time.monotonic() - board.t0)}: reports/table1.md, reports/figures/")
+    say(f"[study] done in {fmt_seconds(time.monotonic() - t0)}: reports/table1.md, reports/figures/")
     return 0
+
+
+#: DVC's line for a stage restored from the run-cache instead of run (dvc/stage/cache.py, 3.67.1)
+_RESTORED = re.compile(r"^Stage '([^']+)' is cached - skipping run")
+
+
+def collect(params_path: str, log_dir: str = "logs/study", out=None) -> int:
+    """Bring every finished run back from the default remote and write Table 1, the claims and
+    the figures, without computing a single run; the exit code (1 if any chain is missing).
+
+    1. `dvc repro --pull check-params prepare-split`: the shards' prepared data, from the
+       run-cache, so the chains' dependency hashes match theirs.
+    2. `dvc --wait-for-lock repro --pull --keep-going <every stale chain stage>` with
+       DARTS_RESTORE_ONLY=1: `--pull` fetches the remote's run-cache entries, then each stage
+       is found there by its command + dependency + params hashes, and the objects of that
+       entry's outputs are pulled and checked out. Not `dvc pull --run-cache` then `dvc
+       repro` (measured, dvc 3.67.1, a fresh clone): that pull fetched the entries but not
+       their outputs, and exited 1 on the outputs of the clone's committed dvc.lock, which the
+       shards never pushed; the `dvc repro` after it found no cached outputs and ran
+       prepare-split and search. A stage not in the run-cache would run: DARTS_RESTORE_ONLY
+       makes its command refuse instead, `--keep-going` goes on with the other chains, and
+       `dvc status` then names the chains still stale.
+    3. `dvc repro` (still restore-only): aggregate, claims and figures, whose `cache: false`
+       outputs never travel through a remote.
+    """
+    out = out or sys.stderr
+    say = _say(out)
+    t0 = time.monotonic()
+    _check_params_path(params_path)
+    chains = study_chains(load_params(params_path))
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", **{RESTORE_ONLY_ENV: "1"})
+    remote = default_remote(env)
+    logs = Path(log_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+
+    say(f"[study] collecting {len(chains)} chains from DVC remote {remote!r}; no search, discretize, retrain "
+        f"or test runs here ({RESTORE_ONLY_ENV}=1)")
+    collect_log = logs / "collect.log"
+    with open(collect_log, "w") as log:
+        setup = _dvc(["repro", "--pull", *SETUP_STAGES], env, log=log)
+    if setup.returncode != 0:
+        say(_tail(collect_log, 6))
+        say(f"[study] stopped before restoring any run: fix the error above (log {collect_log})")
+        return 2
+    stale = stale_stages(env)
+    if stale is None:
+        say("[study] `dvc status` failed: run it to see why")
+        return 2
+    todo = [c for c in chains if stale.intersection(c.stages)]
+    if todo:
+        with open(collect_log, "a") as log:
+            _dvc(["repro", "--pull", "--keep-going", *(st for c in todo for st in c.stages)], env, log=log)
+        stale = stale_stages(env)
+        if stale is None:
+            say("[study] `dvc status` failed: run it to see why")
+            return 2
+    missing = [c.name for c in chains if stale.intersection(c.stages)]
+    lines = collect_log.read_text(errors="replace").splitlines()
+    restored = [m[1] for m in map(_RESTORED.match, lines) if m and any(m[1] in c.stages for c in chains)]
+    say(f"[study] {len(todo) - len(missing)} chain(s) restored from the remote ({len(restored)} stages found in "
+        f"its run-cache), {len(chains) - len(todo)} already here; DVC's log: {collect_log}")
+    if missing:
+        say(f"[study] {len(missing)} chain(s) not in remote {remote!r} for this params.yaml: {', '.join(missing)}; "
+            "run their shard (`darts study run --shard I/N`, which pushes when done) and collect again. "
+            "Nothing was computed here")
+        return 1
+    say("[study] every run is here; writing Table 1, the claims and the figures (dvc repro)")
+    return _final_repro(env, logs, say, t0)
