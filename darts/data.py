@@ -224,31 +224,38 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None, crop_pad: int = 4,
-            flip: bool = True, cutout: int = 0) -> torch.Tensor:
+            flip: bool = True, cutout: int = 0, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """DARTS training augmentation on a whole uint8 batch, returning normalised float32.
 
     Random crop from a zero-padded image, random horizontal flip, normalisation, then
     cutout (zeros after normalisation, as DARTS' Cutout). Random draws happen on the
     generator's device and are moved to ``x``'s, so a CPU generator drives GPU batches.
+
+    ``shard=(rank, world)``: ``x`` is part ``rank`` of ``world`` equal parts of a batch
+    (one data-parallel process's rows). The draws are made for the whole batch and this
+    part's rows kept, so every image gets the augmentation a single process would give
+    it and the generator advances as it would there; the default (0, 1) is that process.
     """
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
         raise DataError(f"expected a uint8 (B, 3, H, W) batch, got {x.dtype} {tuple(x.shape)}")
     b, _, h, w = x.shape
+    rank, world = shard
+    n, mine = b * world, slice(rank * b, (rank + 1) * b)  # rows drawn for; x's rows among them
     gdev = generator.device if generator is not None else torch.device("cpu")
     if crop_pad > 0:
-        off = to_device(torch.randint(0, 2 * crop_pad + 1, (b, 2), generator=generator, device=gdev), x.device)
+        off = to_device(torch.randint(0, 2 * crop_pad + 1, (n, 2), generator=generator, device=gdev)[mine], x.device)
         padded = F.pad(x, (crop_pad,) * 4).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, 3)
         rows = off[:, :1] + torch.arange(h, device=x.device)  # (B, H)
         cols = off[:, 1:] + torch.arange(w, device=x.device)  # (B, W)
         bi = torch.arange(b, device=x.device).view(b, 1, 1)
         x = padded[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if flip:
-        flips = to_device(torch.rand(b, generator=generator, device=gdev) < 0.5, x.device)
+        flips = to_device(torch.rand(n, generator=generator, device=gdev)[mine] < 0.5, x.device)
         x = torch.where(flips.view(b, 1, 1, 1), x.flip(3), x)
     out = normalize(x.contiguous())
     if cutout > 0:
-        cy = to_device(torch.randint(0, h, (b, 1), generator=generator, device=gdev), x.device)
-        cx = to_device(torch.randint(0, w, (b, 1), generator=generator, device=gdev), x.device)
+        cy = to_device(torch.randint(0, h, (n, 1), generator=generator, device=gdev)[mine], x.device)
+        cx = to_device(torch.randint(0, w, (n, 1), generator=generator, device=gdev)[mine], x.device)
         ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         in_y = (ys >= cy - cutout // 2) & (ys < cy - cutout // 2 + cutout)  # (B, H), clipped by range
         in_x = (xs >= cx - cutout // 2) & (xs < cx - cutout // 2 + cutout)
@@ -264,15 +271,22 @@ class BatchStream:
     partial batch of an epoch is dropped when ``drop_last`` else kept. Augmentation uses
     a second generator derived from the seed, so shuffling and augmentation are both
     part of the saved state and a resumed stream continues exactly.
+
+    ``shard=(rank, world)`` makes it one data-parallel process's stream: every process
+    draws the same order and augmentation (same seed) and yields only its ``rank``-th
+    ``batch_size / world`` rows of each batch, so the processes together take exactly
+    the single-process batches. The state does not depend on the shard: a checkpoint
+    of any process resumes every process, or a single-process stream.
     """
 
     def __init__(self, ds: ImageSet, batch_size: int, seed: int, device: torch.device | str = "cpu",
                  train: bool = True, crop_pad: int = 4, flip: bool = True, cutout: int = 0,
-                 drop_last: bool = True):
+                 drop_last: bool = True, shard: tuple[int, int] = (0, 1)):
         drop_last = drop_last and train
         if len(ds) == 0 or batch_size <= 0 or (drop_last and batch_size > len(ds)):
             raise DataError(f"batch_size={batch_size} is invalid for {len(ds)} images "
                             f"(drop_last={drop_last}); need 0 < batch_size <= dataset size")
+        self.shard = _check_shard(shard, batch_size, drop_last)
         self.device = torch.device(device)
         self.images, self.labels = ds.images.to(self.device), ds.labels.to(self.device)
         self.n, self.batch_size, self.train, self.drop_last = len(ds), batch_size, train, drop_last
@@ -302,13 +316,18 @@ class BatchStream:
                 self._perm = torch.randperm(self.n, generator=self._shuffle)
             else:
                 self._perm = torch.arange(self.n)
-        idx = to_device(self._perm[self._pos * self.batch_size:(self._pos + 1) * self.batch_size], self.device)
+        idx = self._perm[self._pos * self.batch_size:(self._pos + 1) * self.batch_size]
+        rank, world = self.shard
+        if world > 1:  # this process's rows of the batch
+            part = self.batch_size // world
+            idx = idx[rank * part:(rank + 1) * part]
+        idx = to_device(idx, self.device)
         self._pos += 1
         if self._pos == len(self):
             self._epoch, self._pos, self._perm = self._epoch + 1, 0, None
         x = self.images[idx]
         if self.train:
-            x = augment(x, self._augment, self.crop_pad, self.flip, self.cutout)
+            x = augment(x, self._augment, self.crop_pad, self.flip, self.cutout, self.shard)
         else:
             x = normalize(x)
         return x, self.labels[idx]
@@ -346,6 +365,20 @@ class BatchStream:
         self._perm = None if d["permutation"] is None else d["permutation"].clone()
         self._shuffle.set_state(d["shuffle_rng"])
         self._augment.set_state(d["augment_rng"])
+
+
+def _check_shard(shard: tuple[int, int], batch_size: int, drop_last: bool) -> tuple[int, int]:
+    """``shard`` as (rank, world) ints, or a one-line DataError: equal parts of full batches only,
+    because each process's rows are a fixed slice of a batch of exactly ``batch_size``."""
+    rank, world = shard
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1 or not 0 <= rank < world:
+        raise DataError(f"shard={shard!r} is invalid; must be (rank, world) with world >= 1 and 0 <= rank < world")
+    if world > 1 and batch_size % world:
+        raise DataError(f"batch_size={batch_size} does not split into {world} equal shards; "
+                        f"valid: a multiple of {world}")
+    if world > 1 and not drop_last:
+        raise DataError(f"shard={shard!r} needs full batches; valid only for a training stream with drop_last=True")
+    return int(rank), int(world)
 
 
 class EpochBatches:

@@ -5,6 +5,12 @@ protocol"): SGD with momentum and weight decay, cosine learning rate stepped onc
 epoch, gradient-norm clipping, auxiliary loss, and drop-path probability ramped
 linearly over the epochs. Statistics are accumulated on the device and read once per
 epoch so the loop never waits on the accelerator mid-epoch.
+
+``Retrainer(..., distributed=True)`` trains one replica of a DistributedDataParallel
+run (the caller has started the process group and feeds this rank's shard of every
+batch): gradients are averaged over the ranks, so with equal shards each step is the
+single-process step on the whole batch, up to float summation order and BatchNorm,
+whose batch statistics are the shard's unless ``sync_bn``.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import contextlib
 import gc
 import math
 import time
+import warnings
 from collections.abc import Iterable, Sized
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
@@ -19,6 +26,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 Batch = tuple[Tensor, Tensor]
 StepHook = Callable[[int, int], None]
@@ -39,6 +48,9 @@ class RetrainConfig:
     drop_path_prob: float = 0.2
     cutout: int = 16  # cutout side in pixels; 0 disables (applied by the data pipeline)
     amp: bool = False  # bfloat16 autocast of forward/loss; weights and optimizer stay float32
+    # BatchNorm statistics over the whole global batch in a multi-process (DDP) run; CUDA only,
+    # no effect with one process (its BatchNorm already sees the whole batch)
+    sync_bn: bool = False
 
     def validate(self) -> "RetrainConfig":
         """Raise ValueError naming the first bad field; return self so calls can chain."""
@@ -54,6 +66,8 @@ class RetrainConfig:
         _check_float(self, "drop_path_prob", lambda v: 0 <= v < 1, "a number in [0, 1)")
         if not isinstance(self.amp, bool):
             raise ValueError(f"retrain.amp={self.amp!r} is invalid; valid: true, false")
+        if not isinstance(self.sync_bn, bool):
+            raise ValueError(f"retrain.sync_bn={self.sync_bn!r} is invalid; valid: true, false")
         return self
 
     @classmethod
@@ -151,17 +165,43 @@ def _steps_in(batches: Iterable[Batch]) -> int:
     return len(batches) if isinstance(batches, Sized) else 0
 
 
+def replicate(model: nn.Module, sync_bn: bool) -> DistributedDataParallel:
+    """``model`` as this rank's DDP replica (the process group must be started).
+
+    SyncBatchNorm replaces the BatchNorm modules inside ``model`` itself (same parameters
+    and state_dict keys), so the caller's plain module, which is what gets saved, keeps
+    them. DDP broadcasts rank 0's weights and buffers, so the replicas start equal
+    whatever each process initialised."""
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # A 1x1 convolution's gradient can come with other strides on its size-1 dims: the same
+    # memory layout, and DDP copies gradients into its buckets anyway (gradient_as_bucket_view
+    # is off), yet every rank warned about it once per run
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    device = _model_device(model)
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
 class Retrainer:
     """Owns the model's optimizer, LR schedule and epoch counter; trains one epoch at a time.
 
     Epoch-at-a-time with a full ``state_dict`` lets a stage checkpoint after any epoch
     and resume bit-exactly (given the same batches and torch RNG state). ``fast=False``
     steps as DARTS' train.py does (plain SGD and clipping loops): the benchmarks' reference.
+
+    ``distributed=True``: this process is one rank of a DDP run (see the module notes).
+    The epoch's loss and accuracy are summed over the ranks, and ``state_dict`` /
+    ``load_state_dict`` keep each rank's partial sums, so a checkpoint resumes exactly.
+    Then ``train_epoch`` and ``state_dict`` are collectives: every rank calls them, in step.
     """
 
-    def __init__(self, model: nn.Module, cfg: RetrainConfig, on_step: StepHook | None = None, fast: bool = True):
+    def __init__(self, model: nn.Module, cfg: RetrainConfig, on_step: StepHook | None = None, fast: bool = True,
+                 distributed: bool = False):
         self.cfg = cfg.validate()
-        self.model = model
+        self.model = model  # the plain module: drop-path setting, state_dict, saving
+        self.distributed = distributed
+        self.net = replicate(model, cfg.sync_bn) if distributed else model  # what the steps run
         self.on_step = on_step
         self.device = _model_device(model)
         self.optimizer = sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, fast)
@@ -206,7 +246,7 @@ class Retrainer:
         # linear ramp 0 -> drop_path_prob over the run, set before the epoch (DARTS)
         self.model.drop_path_prob = self.cfg.drop_path_prob * self.epoch / self.cfg.epochs
         lr = self.current_lr()
-        self.model.train()
+        self.net.train()  # the DDP wrapper too, not just the module inside
         if self._acc is None:
             self._acc = {"loss_sum": torch.zeros((), device=self.device),
                          "correct": torch.zeros((), device=self.device, dtype=torch.long), "n": 0, "steps": 0,
@@ -230,19 +270,37 @@ class Retrainer:
             if should_stop is not None and (total == 0 or acc["steps"] < total) and should_stop():
                 acc["seconds"] += time.perf_counter() - start
                 return None
-        n = acc["n"]
+        loss_sum, correct, n = self._epoch_sums()
         if n == 0:
             raise ValueError("train_epoch got no batches")
         self.scheduler.step()
-        stats = {"epoch": self.epoch, "loss": acc["loss_sum"].item() / n, "acc": acc["correct"].item() / n, "lr": lr}
+        stats = {"epoch": self.epoch, "loss": loss_sum / n, "acc": correct / n, "lr": lr}
         self.epoch += 1
         stats["seconds"] = acc["seconds"] + time.perf_counter() - start
         self._acc = None
         return stats
 
+    def _epoch_sums(self) -> tuple[float, int, int]:
+        """The epoch's loss sum, correct count and images, over all ranks when distributed."""
+        acc = self._acc
+        if not self.distributed:
+            return acc["loss_sum"].item(), acc["correct"].item(), acc["n"]
+        loss_sum, correct, n = self._rank_sums().sum(0).tolist()  # fixed order: same on a resume
+        return loss_sum, int(correct), int(n)
+
+    def _rank_sums(self) -> Tensor:
+        """(world, 3) float64 on the CPU: each rank's partial loss sum, correct count and images
+        (exact: float32 sums and integer counts below 2**53 are float64 values). A collective."""
+        acc = self._acc
+        mine = torch.stack([acc["loss_sum"].double(), acc["correct"].double(),
+                            torch.tensor(float(acc["n"]), dtype=torch.float64, device=self.device)])
+        every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, mine)
+        return torch.stack(every).cpu()
+
     def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         with autocast(self.device, self.cfg.amp):
-            logits, logits_aux = split_output(self.model(x))
+            logits, logits_aux = split_output(self.net(x))
             loss = F.cross_entropy(logits.float(), y)
             if logits_aux is not None:
                 loss = loss + self.cfg.auxiliary_weight * F.cross_entropy(logits_aux.float(), y)
@@ -253,14 +311,26 @@ class Retrainer:
         return loss, logits
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where training stopped (bar the RNG)."""
-        return {
+        """Everything needed to continue exactly where training stopped (bar the RNG).
+
+        Distributed and stopped mid-epoch (a collective then): ``epoch_acc`` holds the
+        partial sums of all ranks together, which is what one process resuming needs,
+        and ``epoch_acc_ranks`` each rank's own, so the same number of ranks resumes
+        with the same float sums as an uninterrupted run."""
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "epoch_acc": self._acc,
         }
+        if self.distributed and self._acc is not None:
+            ranks = self._rank_sums()
+            total = ranks.sum(0)
+            state["epoch_acc"] = {**self._acc, "loss_sum": total[0].float(), "correct": total[1].long(),
+                                  "n": int(total[2])}
+            state["epoch_acc_ranks"] = ranks
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -268,7 +338,21 @@ class Retrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         acc = state.get("epoch_acc")
+        if acc is not None and self.distributed:
+            acc = _rank_share(acc, state.get("epoch_acc_ranks"), dist.get_rank(), dist.get_world_size())
         self._acc = None if acc is None else {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in acc.items()}
+
+
+def _rank_share(acc: dict[str, Any], ranks: Tensor | None, rank: int, world: int) -> dict[str, Any]:
+    """This rank's part of a saved partial epoch: its own sums when the checkpoint was written by
+    ``world`` ranks, else the whole sums on rank 0 and none elsewhere (their total stays right)."""
+    if ranks is not None and len(ranks) == world:
+        loss_sum, correct, n = ranks[rank]
+    elif rank == 0:
+        return acc
+    else:
+        loss_sum = correct = n = torch.zeros((), dtype=torch.float64)
+    return {**acc, "loss_sum": loss_sum.float(), "correct": correct.long(), "n": int(n)}
 
 
 @torch.inference_mode()

@@ -4,17 +4,29 @@ Trains on the whole prepared training set for a fixed number of epochs; nothing 
 selected on the test set (it is not even loaded here). Resumes from its checkpoint.
 Writes `model.pt`, `retrain.json` (per-epoch curve, params), `epochs.tsv` (the same curve
 as TSV, declared as DVC plots for the variant chain) and `log.txt`.
+
+Under `torchrun --nproc_per_node G -m stages retrain ...` each of the G processes trains a
+DistributedDataParallel replica on its batch_size/G rows of every global batch (darts.data
+BatchStream's shard); rank 0 alone writes outputs, logs and checkpoints, and every rank
+resumes from rank 0's checkpoint. torchrun rather than a `--nproc` option: it is the
+launcher every cluster scheduler already speaks (several nodes, restarts), and one process
+per device is what DDP expects; with one process nothing here starts a process group.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import asdict
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
+import numpy as np
 import torch
+from torch import distributed as dist
 
 from darts import checkpoint as ckpt
-from darts.data import BatchStream
+from darts.data import BatchStream, DataError, ImageSet
 from darts.search import NonFiniteError
 from darts.evalnet import EvalNetwork, count_params_m
 from darts.hostmemory import retain_freed_memory
@@ -24,7 +36,7 @@ from darts.space import Genotype, GenotypeError, genotype_format, parse_genotype
 from darts.train import RetrainConfig, Retrainer
 
 from .common import CHECKPOINT_ROOT, machine, reject_machine_settings, as_recorded, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, seed_everything
-from .params import ParamsError, check_data, load_params, run_spec, section
+from .params import ParamsError, RunSpec, check_data, load_params, run_spec, section
 from .progress import Progress
 from .runguard import Interrupted, RunLock, StopOnSignal
 
@@ -140,49 +152,277 @@ def checkpoint_key(command: dict, digest=ckpt.file_digest) -> str:
     return run_key(spec.seed, genotype, cfg, extra, data_params, command["prepared"], digest)
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a `torchrun` launch; rank 0 of 1 without one.
+
+    torchrun sets WORLD_SIZE, RANK and LOCAL_RANK in every process it starts. With one
+    process no process group is started and every helper below is the identity, so a
+    single-process retrain runs the same computation it ran before DDP existed."""
+
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+    group: Any = None  # the gloo group for host-side flags and objects, once started
+
+    @classmethod
+    def from_env(cls) -> "Ranks":
+        got = {}
+        for key, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+            raw = os.environ.get(key, default)
+            try:
+                got[key] = int(raw)
+            except ValueError:
+                raise ParamsError(f"{key}={raw!r} is invalid; must be an integer (torchrun sets it)") from None
+        ranks = cls(got["RANK"], got["WORLD_SIZE"], got["LOCAL_RANK"])
+        if ranks.world < 1 or not 0 <= ranks.rank < ranks.world or ranks.local < 0:
+            raise ParamsError(f"WORLD_SIZE={ranks.world} RANK={ranks.rank} LOCAL_RANK={ranks.local} is invalid; "
+                              "need WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0 (launch with torchrun)")
+        return ranks
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: the only one that writes outputs and checkpoints and speaks."""
+        return self.rank == 0
+
+
+@contextlib.contextmanager
+def said_once(ranks: Ranks) -> Iterator[None]:
+    """Bad input that every rank finds alike (params, genotype, data) is reported by rank 0
+    alone; the other ranks exit with the same code silently instead of repeating its line."""
+    try:
+        yield
+    except (ParamsError, DataError):
+        if ranks.lead:
+            raise
+        raise SystemExit(2) from None
+
+
+def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
+    """This rank's device: cuda:LOCAL_RANK when the run is on CUDA, else the CPU (gloo)."""
+    if ranks.world == 1 or device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise ParamsError(f"device={device} names one GPU, but each of the {ranks.world} torchrun processes uses "
+                          f"cuda:LOCAL_RANK; valid: auto, cuda, cpu")
+    return torch.device("cuda", ranks.local)
+
+
+def check_shards(cfg: RetrainConfig, ranks: Ranks, device: torch.device) -> None:
+    """One-line errors for settings a DDP run cannot honour (nothing to check for one process)."""
+    if ranks.world == 1:
+        return
+    if cfg.batch_size % ranks.world:
+        raise ParamsError(f"retrain.batch_size={cfg.batch_size} does not split over {ranks.world} processes "
+                          f"(each takes an equal part of the global batch); valid: a multiple of {ranks.world}, "
+                          f"or a process count that divides {cfg.batch_size}")
+    if cfg.sync_bn and device.type != "cuda":
+        raise ParamsError(f"retrain.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel) but this run "
+                          f"is on {device.type}; valid here: false")
+
+
+def start_group(ranks: Ranks, device: torch.device) -> Ranks:
+    """Join the torchrun process group: NCCL for CUDA, gloo on the CPU; plus a gloo group for
+    the per-step stop flag and pickled objects, which must not wait on a GPU stream."""
+    if device.type == "cuda":
+        if device.index >= torch.cuda.device_count():
+            raise ParamsError(f"LOCAL_RANK={ranks.local} has no GPU: this machine has {torch.cuda.device_count()}; "
+                              f"valid: --nproc_per_node <= {torch.cuda.device_count()}")
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    host = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
+    return Ranks(ranks.rank, ranks.world, ranks.local, host)
+
+
+def any_rank(ranks: Ranks, flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank; every rank must ask at the same point. A signal may
+    reach one rank a step before another, and a rank that stopped alone would leave the
+    others waiting in the gradient all-reduce."""
+    if ranks.world == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ranks.group)
+    return bool(t.item())
+
+
+def from_lead(ranks: Ranks, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (also a barrier: the others wait until rank 0 sends)."""
+    if ranks.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=ranks.group)
+    return box[0]
+
+
+def to_lead(ranks: Ranks, obj: Any) -> list | None:
+    """Every rank's ``obj``, in rank order, on rank 0 (None elsewhere)."""
+    if ranks.world == 1:
+        return [obj]
+    every = [None] * ranks.world if ranks.lead else None
+    dist.gather_object(obj, every, dst=0, group=ranks.group)
+    return every
+
+
+def rank_seed(seed: int, rank: int, *salt: int) -> int:
+    """Torch seed of rank ``rank`` > 0 once the model is built: its drop-path masks must not
+    repeat rank 0's (the same seed everywhere would drop the same cells for row i of every
+    shard). ``salt``: a resume point, so a reseeded resume does not replay the first masks."""
+    return int(np.random.SeedSequence([seed, rank, 0xDD9, *salt]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def rank_rng(device: torch.device) -> dict:
+    """This process's torch RNG states (CPU, and its own GPU's: never touch another's)."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_rng(state: dict, ranks: Ranks, device: torch.device, seed: int, salt: tuple[int, int]) -> bool:
+    """Put back this rank's RNG from a checkpoint; False if it was written by another number of
+    processes (then rank 0 takes the saved rank-0 state and the others a fresh ``rank_seed``)."""
+    saved = state.get("rank_rng")
+    if ranks.world == 1 and saved is None:  # the single-process checkpoint, restored as always
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return True
+    if saved is not None and len(saved) == ranks.world:
+        mine = saved[ranks.rank]
+        torch.set_rng_state(mine["cpu"])
+        if mine["cuda"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], device)
+        return True
+    if ranks.lead:
+        torch.set_rng_state(state["rng"])
+    else:
+        torch.manual_seed(rank_seed(seed, ranks.rank, *salt))
+    return False
+
+
 def run(params_path: str, config: str | None, seed: int | None, genotype_path: str, prepared: str, out: str,
         device: str | None = None, threads: int | None = None) -> dict:
-    params = load_params(params_path)
-    spec = run_spec(params, config, seed)
-    cfg, extra = retrain_settings(params)
-    data_params = check_data(section(params, "data"))
-    genotype, genotype_source = read_genotype(genotype_path)
-    device = machine(device, threads)  # stages.common: --device/--threads, else DARTS_DEVICE/DARTS_THREADS
-    retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
-    train_set = load_prepared(prepared, "train")
+    """Retrain one run; under `torchrun --nproc_per_node G` as one of G DDP processes."""
+    ranks = Ranks.from_env()
+    with said_once(ranks):
+        params = load_params(params_path)
+        spec = run_spec(params, config, seed)
+        cfg, extra = retrain_settings(params)
+        data_params = check_data(section(params, "data"))
+        genotype, genotype_source = read_genotype(genotype_path)
+        # stages.common: --device/--threads, else DARTS_DEVICE/DARTS_THREADS
+        device = rank_device(machine(device, threads), ranks)
+        check_shards(cfg, ranks, device)
+        retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
+        train_set = load_prepared(prepared, "train")
+    job = Job(params_path, config, seed, genotype_path, prepared, out, spec, cfg, extra, data_params, genotype,
+              genotype_source, device, train_set)
+    if ranks.world == 1:
+        return train(job, ranks)
+    ranks = start_group(ranks, job.device)
+    try:
+        return train(job, ranks)
+    finally:
+        dist.destroy_process_group()
 
-    seed_everything(spec.seed)
-    model = EvalNetwork(genotype, C=extra["C"], n_classes=len(train_set.classes), layers=extra["layers"],
-                        auxiliary=bool(extra["auxiliary"])).to(device)
-    stream = BatchStream(train_set, cfg.batch_size, seed=spec.seed, device=device, cutout=cfg.cutout)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(f"retrain {spec.label} seed {spec.seed}", cfg.epochs, out_dir / "log.txt")
-    trainer = Retrainer(model, cfg, on_step=lambda i, n: progress.step(i, n, None))
-    command = {"params": as_recorded(params_path), "config": config, "seed": seed,
-               "genotype": as_recorded(genotype_path), "prepared": as_recorded(prepared)}
-    key = run_key(spec.seed, genotype, cfg, extra, data_params, prepared)
-    state_file = checkpoint_path("retrain", key, out_dir, command)
-    curve: list[dict] = []
 
-    def save() -> None:
-        ckpt.save_atomic({"trainer": trainer.state_dict(), "stream": stream.state_dict(), "curve": curve,
+@dataclass
+class Job:
+    """A validated retrain: the arguments as given and what was derived from them."""
+
+    params_path: str
+    config: str | None
+    seed: int | None
+    genotype_path: str
+    prepared: str
+    out: str
+    spec: RunSpec
+    cfg: RetrainConfig
+    extra: dict
+    data_params: dict
+    genotype: Genotype
+    genotype_source: dict
+    device: torch.device
+    train_set: ImageSet
+
+    def command(self) -> dict:
+        """The arguments as `command.json` records them (for `darts clean`)."""
+        return {"params": as_recorded(self.params_path), "config": self.config, "seed": self.seed,
+                "genotype": as_recorded(self.genotype_path), "prepared": as_recorded(self.prepared)}
+
+
+def build_model(job: Job, ranks: Ranks) -> EvalNetwork:
+    """The network, initialised from the run's seed (DDP then copies rank 0's weights anyway);
+    ranks > 0 then move to their own torch stream (``rank_seed``)."""
+    seed_everything(job.spec.seed)
+    model = EvalNetwork(job.genotype, C=job.extra["C"], n_classes=len(job.train_set.classes),
+                        layers=job.extra["layers"], auxiliary=bool(job.extra["auxiliary"])).to(job.device)
+    if not ranks.lead:
+        torch.manual_seed(rank_seed(job.spec.seed, ranks.rank))
+    return model
+
+
+def save_state(trainer: Retrainer, stream: BatchStream, curve: list[dict], ranks: Ranks, device: torch.device,
+               state_file: Path) -> None:
+    """Checkpoint the run (atomically); under DDP every rank calls it (collectives), rank 0 writes.
+
+    One process writes exactly what it always did. Under DDP the trainer's state carries
+    each rank's partial sums and ``rank_rng`` each rank's RNG (drop-path draws), so the same
+    number of processes resumes exactly; the stream's state is the same on every rank."""
+    trainer_state = trainer.state_dict()
+    if ranks.world == 1:
+        ckpt.save_atomic({"trainer": trainer_state, "stream": stream.state_dict(), "curve": curve,
                           "rng": torch.get_rng_state(),
                           "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}, state_file)
+        return
+    rngs = to_lead(ranks, rank_rng(device))
+    if ranks.lead:
+        ckpt.save_atomic({"trainer": trainer_state, "stream": stream.state_dict(), "curve": curve,
+                          "rng": rngs[0]["cpu"], "cuda_rng": None, "rank_rng": rngs}, state_file)
 
-    with RunLock(state_file.with_name("lock"), RunLock.for_dir(CHECKPOINT_ROOT, out_dir)), StopOnSignal() as stop:
-        if state_file.is_file():
-            state = ckpt.load(state_file)
-            trainer.load_state_dict(state["trainer"])
-            stream.load_state_dict(state["stream"])
-            curve = state["curve"]
-            torch.set_rng_state(state["rng"])
-            if state.get("cuda_rng") is not None and device.type == "cuda":
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            progress.line(f"resuming from {state_file} at epoch {trainer.epoch}/{cfg.epochs}")
+
+def resume(state: dict, trainer: Retrainer, stream: BatchStream, ranks: Ranks, job: Job, progress: Progress,
+           state_file: Path) -> list[dict]:
+    """Load a checkpoint into this rank's trainer, stream and RNG; return the curve so far."""
+    trainer.load_state_dict(state["trainer"])
+    stream.load_state_dict(state["stream"])
+    same = restore_rng(state, ranks, job.device, job.spec.seed, (trainer.epoch, stream.position))
+    progress.line(f"resuming from {state_file} at epoch {trainer.epoch}/{job.cfg.epochs}")
+    if not same:
+        written = len(state.get("rank_rng") or [None])
+        progress.line(f"the checkpoint was written by {written} process(es), resumed by {ranks.world}: "
+                      "from here BatchNorm statistics and drop-path draws differ from an uninterrupted run's")
+    return state["curve"]
+
+
+def train(job: Job, ranks: Ranks) -> dict:
+    """Train to the end, resuming from and saving to the run's checkpoint; rank 0 alone writes."""
+    spec, cfg, device = job.spec, job.cfg, job.device
+    model = build_model(job, ranks)
+    stream = BatchStream(job.train_set, cfg.batch_size, seed=spec.seed, device=device, cutout=cfg.cutout,
+                         shard=(ranks.rank, ranks.world))
+    out_dir = Path(job.out)
+    if ranks.lead:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(f"retrain {spec.label} seed {spec.seed}", cfg.epochs,
+                        out_dir / "log.txt" if ranks.lead else None,
+                        stream=None if ranks.lead else open(os.devnull, "w"))  # only rank 0 speaks
+    trainer = Retrainer(model, cfg, on_step=lambda i, n: progress.step(i, n, None), distributed=ranks.world > 1)
+    state_file = None
+    if ranks.lead:
+        key = run_key(spec.seed, job.genotype, cfg, job.extra, job.data_params, job.prepared)
+        state_file = checkpoint_path("retrain", key, out_dir, job.command())
+    curve: list[dict] = []
+    lock = RunLock(state_file.with_name("lock"), RunLock.for_dir(CHECKPOINT_ROOT, out_dir)) if ranks.lead else \
+        contextlib.nullcontext()
+    with lock, StopOnSignal() if ranks.lead else StopOnSignal(notify=lambda text: None) as stop:
+        state_file = from_lead(ranks, state_file)  # the others wait here until rank 0 holds the locks
+        # rank 0 reads the checkpoint and sends it: every rank resumes from the same state,
+        # and ranks on other machines need not see rank 0's file system
+        state = from_lead(ranks, ckpt.load(state_file) if ranks.lead and state_file.is_file() else None)
+        if state is not None:
+            curve = resume(state, trainer, stream, ranks, job, progress, state_file)
         else:
-            progress.line(f"retrain {spec.label} seed {spec.seed}: {count_params_m(model):.3f}M params on "
-                          f"{device_label(device)}")
+            where = device_label(device) if ranks.world == 1 else \
+                f"{ranks.world} processes (DDP) of {device_label(device)}"
+            progress.line(f"retrain {spec.label} seed {spec.seed}: {count_params_m(model):.3f}M params on {where}")
         steps = [0]
 
         def on_step(i: int, n: int) -> None:
@@ -190,19 +430,24 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
             steps[0] += 1
             fault_injection(steps[0], model)
 
+        def should_stop() -> bool:
+            return any_rank(ranks, stop.is_set())
+
         trainer.on_step = on_step
         while not trainer.done:
             # polled before each epoch too: a signal in an epoch's last step finishes that epoch
             # (darts.train), and the next one must not start
             row = None
-            if not stop.is_set():
+            if not should_stop():
                 progress.start_epoch(trainer.epoch + 1, trainer.epoch)
-                row = trainer.train_epoch(stream.epoch_batches(), should_stop=stop.is_set)
+                row = trainer.train_epoch(stream.epoch_batches(), should_stop=should_stop)
             if row is None:
-                save()
+                save_state(trainer, stream, curve, ranks, device, state_file)
                 where = f"in epoch {trainer.epoch + 1}" if trainer.mid_epoch else f"after epoch {trainer.epoch}"
-                progress.line(f"stopped by signal {stop.signum} {where}; checkpoint saved to "
+                by = f"signal {stop.signum}" if stop.signum is not None else "a signal to another process"
+                progress.line(f"stopped by {by} {where}; checkpoint saved to "
                               f"{state_file}; run the same command (or dvc repro) to resume")
+                from_lead(ranks, None)  # nobody exits before rank 0 has written: torchrun would kill it
                 raise Interrupted()
             if not math.isfinite(row["loss"]):
                 raise NonFiniteError(f"non-finite training loss in retrain epoch {trainer.epoch}; stopping "
@@ -210,16 +455,32 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
             row["epoch"] = trainer.epoch
             curve.append(row)
             progress.end_epoch(row, ("loss", "acc", "lr"))
-            save()
-    # darts.inference defines the format: the network, plus class names, image size and mean/std
-    ckpt.save_atomic(model_record(model, genotype, extra["C"], extra["layers"], bool(extra["auxiliary"]),
-                                  train_set.classes, train_set.images.shape[-1]), out_dir / "model.pt")
+            save_state(trainer, stream, curve, ranks, device, state_file)
+    return finish(job, ranks, model, curve, progress, state_file)
+
+
+def finish(job: Job, ranks: Ranks, model: EvalNetwork, curve: list[dict], progress: Progress,
+           state_file: Path) -> dict:
+    """Write model.pt, epochs.tsv and retrain.json (rank 0 only) and drop the checkpoint."""
+    out_dir = Path(job.out)
+    device_text = device_label(job.device)
     # the run's own identity, so `darts test` needs no search (a published genotype has none)
-    summary = {"run": asdict(spec), "genotype_source": genotype_source, "genotype": genotype.to_dict(),
-               "params_m": count_params_m(model), "device": device_label(device),
+    summary = {"run": asdict(job.spec), "genotype_source": job.genotype_source, "genotype": job.genotype.to_dict(),
+               "params_m": count_params_m(model),
+               "device": device_text if ranks.world == 1 else f"{ranks.world}x {device_text} (DDP)",
                "retrain_seconds": sum(r.get("seconds", 0.0) for r in curve), "epochs": curve}
+    if ranks.world > 1:
+        summary["ddp"] = {"processes": ranks.world, "sync_bn": job.cfg.sync_bn,
+                          "backend": "nccl" if job.device.type == "cuda" else "gloo"}
+    progress.close()
+    if not ranks.lead:
+        progress.stream.close()  # the os.devnull it was given
+        return summary
+    # darts.inference defines the format: the network, plus class names, image size and mean/std
+    ckpt.save_atomic(model_record(model, job.genotype, job.extra["C"], job.extra["layers"],
+                                  bool(job.extra["auxiliary"]), job.train_set.classes,
+                                  job.train_set.images.shape[-1]), out_dir / "model.pt")
     write_curve(curve, out_dir / "epochs.tsv")
     ckpt.write_json_atomic(summary, out_dir / "retrain.json")
-    progress.close()
     drop_checkpoint(state_file)
     return summary
