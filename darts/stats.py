@@ -48,6 +48,21 @@ def betainc(a: float, b: float, x: float) -> float:
     return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b  # the symmetry I_x(a,b) = 1 - I_{1-x}(b,a)
 
 
+def _solve_rising(f, target: float) -> float:
+    """The u in (0, 1) where ``f``, rising on (0, 1), reaches ``target``: 200 halvings reach
+    double precision, and bisection cannot diverge the way Newton steps can in heavy tails."""
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if f(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-17:
+            break
+    return 0.5 * (lo + hi)
+
+
 def t_cdf(t: float, df: float) -> float:
     """P(T <= t) for Student's t with ``df`` > 0 degrees of freedom (df need not be an integer)."""
     tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
@@ -67,16 +82,7 @@ def t_ppf(p: float, df: float) -> float:
     if p == 0.5:
         return 0.0
     alpha = 2.0 * min(p, 1.0 - p)  # two-sided tail probability of |T| > t
-    lo, hi = 0.0, 1.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if betainc(df / 2.0, 0.5, mid) < alpha:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-17:
-            break
-    x = 0.5 * (lo + hi)
+    x = _solve_rising(lambda u: betainc(df / 2.0, 0.5, u), alpha)
     t = math.sqrt(df * (1.0 - x) / x)
     return t if p > 0.5 else -t
 
@@ -155,16 +161,7 @@ def f_ppf(p: float, d1: float, d2: float) -> float:
         raise ValueError(f"p must lie in (0, 1), got {p}")
     if not (d1 > 0 and d2 > 0):
         raise ValueError(f"degrees of freedom must be positive, got {d1}, {d2}")
-    lo, hi = 0.0, 1.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if betainc(d1 / 2.0, d2 / 2.0, mid) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-17:
-            break
-    u = 0.5 * (lo + hi)
+    u = _solve_rising(lambda v: betainc(d1 / 2.0, d2 / 2.0, v), p)
     return d2 * u / (d1 * (1.0 - u))
 
 
