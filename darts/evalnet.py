@@ -1,4 +1,4 @@
-"""The DARTS evaluation network (``NetworkCIFAR``) built from a discrete Genotype.
+"""The DARTS evaluation networks (``NetworkCIFAR``, ``NetworkImageNet``) built from a Genotype.
 
 This is the network whose test error and parameter count the paper reports
 (paper-notes "Evaluation protocol"): 20 cells, C=36, an auxiliary head after cell
@@ -6,6 +6,9 @@ This is the network whose test error and parameter count the paper reports
 original DARTS ``model.py`` module for module, so the parameter count of a genotype
 is directly comparable with the numbers published by DARTS and its follow-ups
 (DARTS_V2 at C=36, 20 layers: 3.349342M).
+
+DARTS' network for large images is in ``darts.evalnet_imagenet``. Both take 1 (grayscale)
+or 3 input channels and any height x width.
 """
 from __future__ import annotations
 
@@ -154,27 +157,36 @@ class EvalNetwork(nn.Module):
     ramps it every epoch (DARTS sets ``model.drop_path_prob`` the same way).
     """
 
+    kind = "cifar"
+
     def __init__(self, genotype: Genotype, C: int = 36, n_classes: int = 10, layers: int = 20,
-                 auxiliary: bool = True):
+                 auxiliary: bool = True, in_channels: int = 3):
         super().__init__()
-        if layers < 1 or C < 1:
-            raise ValueError(f"EvalNetwork needs layers >= 1 and C >= 1, got layers={layers}, C={C}")
-        self.layers = layers
-        self.aux_position = 2 * layers // 3
-        self.drop_path_prob = 0.0
+        self._check(C, layers, in_channels)
         c_curr = STEM_MULTIPLIER * C
-        self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
-        self._layout = to_fast_layout  # taken when built (benchmarks/reference.py builds an NCHW one)
-        self.cells, c_prev, c_aux = self._build_cells(genotype, C, c_curr)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        self.cells, c_prev, c_aux = self._build_cells(genotype, C, c_curr, c_curr, False)
         self.auxiliary_head = AuxiliaryHeadCIFAR(c_aux, n_classes) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_prev, n_classes)
 
-    def _build_cells(self, genotype: Genotype, C: int, c_stem: int) -> tuple[nn.ModuleList, int, int]:
-        """Stack the cells; returns them, the last cell's width and the aux head's input width."""
+    def _check(self, C: int, layers: int, in_channels: int) -> None:
+        """Validate the shape arguments and set what every variant keeps."""
+        if layers < 1 or C < 1 or in_channels not in (1, 3):
+            raise ValueError(f"{type(self).__name__} needs layers >= 1, C >= 1 and 1 or 3 input channels, "
+                             f"got layers={layers}, C={C}, in_channels={in_channels}")
+        self.layers, self.in_channels = layers, in_channels
+        self.aux_position = 2 * layers // 3
+        self.drop_path_prob = 0.0
+        self._layout = to_fast_layout  # taken when built (benchmarks/reference.py builds an NCHW one)
+
+    def _build_cells(self, genotype: Genotype, C: int, c_prev_prev: int, c_prev: int,
+                     reduction_prev: bool) -> tuple[nn.ModuleList, int, int]:
+        """Stack the cells on stems of widths ``c_prev_prev``, ``c_prev`` (``reduction_prev``:
+        the last stem halved the resolution); returns the cells, the last cell's width and
+        the aux head's input width."""
         cells = nn.ModuleList()
-        c_prev_prev, c_prev, c_curr = c_stem, c_stem, C
-        reduction_prev, c_aux = False, c_stem
+        c_curr, c_aux = C, c_prev
         for i in range(self.layers):
             reduction = i in (self.layers // 3, 2 * self.layers // 3)
             if reduction:
@@ -189,9 +201,13 @@ class EvalNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Return ``(logits, logits_aux)``; ``logits_aux`` only exists in training."""
-        logits_aux = None
         # channels-last from the stem on, as the cells (stem forward + backward 11–13 → 6 ms at 64×3×32×32)
         s0 = s1 = Shared(self.stem(self._layout(x)))  # Shared: the next two cells preprocess one relu(state)
+        return self._cells_forward(s0, s1)
+
+    def _cells_forward(self, s0: Shared, s1: Shared) -> tuple[Tensor, Tensor | None]:
+        """The cells, the auxiliary head (training only) and the classifier on the stems' output."""
+        logits_aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, Shared(cell(s0, s1, self.drop_path_prob))
             if i == self.aux_position and self.auxiliary_head is not None and self.training:

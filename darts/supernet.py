@@ -201,13 +201,15 @@ class SearchNetwork(nn.Module):
     """The DARTS supernet: stem, `layers` cells (reductions at 1/3 and 2/3), classifier."""
 
     def __init__(self, activation, C: int = 16, n_classes: int = 10, layers: int = 8,
-                 stem_multiplier: int = 3, generator: torch.Generator | None = None):
+                 stem_multiplier: int = 3, generator: torch.Generator | None = None, in_channels: int = 3):
         super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"SearchNetwork takes 1 (gray) or 3 (RGB) input channels, got {in_channels}")
         self.activation = activation
         self.ops: tuple[str, ...] = tuple(activation.ops)
         self.layers = layers
         c_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
         c_pp, c_p, c_curr = c_curr, c_curr, C
         self.cells = nn.ModuleList()
         reduction_prev = False

@@ -55,11 +55,17 @@ def check_params(params: str = PARAMS, out: str = typer.Option("data/params.ok",
 @app.command("prepare-split")
 def prepare_split(params: str = PARAMS, out: str = typer.Option("data/prepared", "--out")) -> None:
     """Materialise the train/test sets (uint8 tensors) from params.data."""
+    from darts.data import size_text
+
     from . import prepare_split as stage
+
+    def _fmt(values: list[float]) -> str:
+        return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
 
     meta = _guard(stage.run, params, out)
     typer.echo(f"prepared {meta['dataset']}: {meta['train']} train / {meta['test']} test images "
-               f"at {meta['image_size']}px in {out}")
+               f"at {size_text(meta['image_size'])}px, {meta['channels']} channel(s), mean {_fmt(meta['mean'])} "
+               f"std {_fmt(meta['std'])} ({meta['normalize']}) in {out}")
 
 
 @app.command()
@@ -241,7 +247,7 @@ def clean(everything: bool = typer.Option(False, "--all", help="remove every che
 
 
 MODEL = typer.Option(..., "--model", help="model.pt written by `darts retrain` (or its retrain folder)")
-IMAGE_SIZE = typer.Option(None, "--image-size", min=1, help="input size in pixels (default: the size model.pt "
+IMAGE_SIZE = typer.Option(None, "--image-size", help="input size in pixels, N or HxW (default: the size model.pt "
                           "records; required for a model.pt of an older `darts retrain`, which records none)")
 
 
@@ -249,7 +255,7 @@ IMAGE_SIZE = typer.Option(None, "--image-size", min=1, help="input size in pixel
 def predict(inputs: list[str] = typer.Argument(..., help="image files, or folders searched recursively"),
             model: str = MODEL, top: Optional[int] = typer.Option(None, "--top", help="classes shown per image "
                                                                   "(default: 5, or all if fewer)"),
-            image_size: Optional[int] = IMAGE_SIZE, device: Optional[str] = DEVICE,
+            image_size: Optional[str] = IMAGE_SIZE, device: Optional[str] = DEVICE,
             threads: Optional[int] = THREADS) -> None:
     """Classify images with a retrained model: top-K classes and probabilities per image.
 
@@ -266,11 +272,13 @@ def predict(inputs: list[str] = typer.Argument(..., help="image files, or folder
 @app.command()
 def export(model: str = MODEL, fmt: str = typer.Option(..., "--format", help="onnx | torchscript"),
            out: str = typer.Option(..., "--out", help="file to write"),
-           image_size: Optional[int] = IMAGE_SIZE) -> None:
+           image_size: Optional[str] = IMAGE_SIZE) -> None:
     """A standalone model (logits of normalised images, dynamic batch, no auxiliary head),
     checked against PyTorch on random batches of 2 sizes (max |logit difference| <= 1e-4).
 
     ONNX needs the `export` extra: pip install 'darts-constrained[export]'."""
+    from darts.data import size_text
+
     from . import models as stage
 
     try:
@@ -278,7 +286,7 @@ def export(model: str = MODEL, fmt: str = typer.Option(..., "--format", help="on
     except stage.ExportFailed as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"wrote {r['out']} ({r['format']}: {r['classes']} classes, {r['image_size']}px input, any batch size)")
+    typer.echo(f"wrote {r['out']} ({r['format']}: {r['classes']} classes, {size_text(r['image_size'])}px input, any batch size)")
     if r["diffs"] is None:
         typer.echo(f"check against PyTorch skipped: onnxruntime is not installed; {stage.EXTRA}")
     else:

@@ -32,9 +32,21 @@ class ExportFailed(Exception):
     """The exporter failed, or the exported model disagrees with PyTorch; nothing was written."""
 
 
-def _load(model: str, image_size: int | None, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
+def image_size_arg(text: str | int | None) -> int | tuple[int, int] | None:
+    """--image-size: N (square) or HxW, e.g. 24x40; a one-line error naming the bad value."""
+    if text is None or isinstance(text, int):
+        return text
+    parts = str(text).lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        sides = [int(p) for p in parts]
+        return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+    raise ParamsError(f"--image-size {text!r} is invalid; valid: N (square) or HxW, e.g. 32 or 24x40")
+
+
+def _load(model: str, image_size: str | int | None, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
+    size = image_size_arg(image_size)
     try:
-        return load_model(model, image_size, device)
+        return load_model(model, size, device)
     except InferenceError as e:
         raise ParamsError(str(e)) from None
 
@@ -50,7 +62,7 @@ def predict(model: str, inputs: list[str], top: int | None = None, image_size: i
         if not 1 <= k <= len(info.classes):
             raise InferenceError(f"--top {k} is invalid; valid: 1..{len(info.classes)} (the model's classes)")
         files = find_images(inputs)
-        images = [read_image(f, info.image_size) for f in files]  # every file decoded before any prediction
+        images = [read_image(f, info.hw, info.channels) for f in files]  # every file decoded before any prediction
         rows = top_k(classify(net, info, images), info.classes, k)
     except InferenceError as e:
         raise ParamsError(str(e)) from None
@@ -112,7 +124,7 @@ def export(model: str, fmt: str, out: str, image_size: int | None = None) -> dic
     net, info = _load(model, image_size)  # on the CPU: the exported graph is the CPU one
     wrapper = LogitsOnly(net).eval()
     g = torch.Generator().manual_seed(0)
-    batch = lambda n: torch.randn(n, 3, info.image_size, info.image_size, generator=g)  # noqa: E731
+    batch = lambda n: torch.randn(n, info.channels, *info.hw, generator=g)  # noqa: E731
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
     try:

@@ -17,6 +17,9 @@ ACTIVATIONS = ("softmax", "crb")
 SCHEDULES = ("alternate", "constant", "fimt")
 REGULARIZATIONS = ("none", "pr", "admm")
 DATASETS = ("synthetic", "cifar10", "imagefolder")
+#: data.normalize: auto = CIFAR's constants for cifar10, the training split's own statistics otherwise
+NORMALIZE = ("auto", "cifar", "dataset")
+MIN_SIDE = 8  # the smallest image side the networks take (two reductions leave 2 pixels)
 RUN_KEYS = ("method", "activation", "schedule", "regularization", "order")
 DIMENSION_CHOICES = {"activation": ACTIVATIONS, "schedule": SCHEDULES, "regularization": REGULARIZATIONS,
                      "order": (1, 2)}
@@ -150,11 +153,34 @@ def check_data(d: dict) -> dict:
     for key in ("train_size", "test_size"):
         if d.get(key) is not None:
             _int(f"data.{key}", d[key], 1)
-    _int("data.image_size", d.get("image_size", 32), 8)
+    image_size(d)
+    _choice("data.normalize", d.get("normalize", "auto"), NORMALIZE)
     _int("data.seed", d.get("seed", 0))
     if d["dataset"] in ("imagefolder",) and not d.get("root"):
         raise ParamsError("data.root is required for dataset=imagefolder; give the folder with train/ and test/")
     return d
+
+
+def image_size(d: dict) -> tuple[int, int]:
+    """data.image_size as (height, width): one side for square images, or [height, width]."""
+    v = d.get("image_size", 32)
+    valid = f"valid: an integer >= {MIN_SIDE} (square) or [height, width], each >= {MIN_SIDE}"
+    if isinstance(v, list) and len(v) == 2:
+        sides = v
+    elif isinstance(v, int) and not isinstance(v, bool):
+        sides = [v, v]
+    else:
+        raise ParamsError(f"data.image_size={v!r} is invalid; {valid}")
+    if any(isinstance(x, bool) or not isinstance(x, int) or x < MIN_SIDE for x in sides):
+        raise ParamsError(f"data.image_size={v!r} is invalid; {valid}")
+    return int(sides[0]), int(sides[1])
+
+
+def normalize_mode(d: dict) -> str:
+    """data.normalize resolved: "cifar" (CIFAR-10's published constants) or "dataset"
+    (computed from the training split at prepare-split)."""
+    mode = d.get("normalize", "auto")
+    return ("cifar" if d["dataset"] == "cifar10" else "dataset") if mode == "auto" else mode
 
 
 def positive(where: str, value) -> float:

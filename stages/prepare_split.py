@@ -4,6 +4,13 @@ Writes `train.pt` (the search pool and the retrain training set), `test.pt` and
 `meta.json`. Later stages never decode an image again. The search train/val split
 of each schedule is a fixed permutation of `train.pt` (seeded by `data.seed`), cut at
 the schedule's ratio k/(k+1) by the search stage.
+
+Image folders may hold images of any sizes and modes: each kept image is resized to
+`data.image_size` (a side, or [height, width]) as it is decoded; gray folders stay one
+channel. The per-channel mean and std every stage standardises with are decided here
+(`data.normalize`) and saved in both sets and meta.json: CIFAR-10's published constants
+for CIFAR-10, otherwise the training split's own, so the test set is standardised with the
+training statistics, as it must be.
 """
 from __future__ import annotations
 
@@ -13,29 +20,46 @@ from darts import data as D
 from darts.checkpoint import write_json_atomic
 from darts.synthetic import make_synthetic
 
-from .params import check_data, load_params, section
+from .params import ParamsError, check_data, image_size, load_params, normalize_mode, section
 
 
 def build_sets(d: dict) -> tuple[D.ImageSet, D.ImageSet]:
-    size = int(d.get("image_size", 32))
+    """The prepared (train, test) sets of a checked `data` section, standardisation included."""
+    hw = image_size(d)
     seed = int(d.get("seed", 0))
     if d["dataset"] == "synthetic":
-        train = make_synthetic(int(d.get("train_size") or 2000), size=size, seed=seed)
-        test = make_synthetic(int(d.get("test_size") or 1000), size=size, seed=seed + 7919)
-        return train, test
-    if d["dataset"] == "cifar10":
+        side = max(hw)  # drawn square (bit-identical to before for square sizes), then resized
+        train = make_synthetic(int(d.get("train_size") or 2000), size=side, seed=seed)
+        test = make_synthetic(int(d.get("test_size") or 1000), size=side, seed=seed + 7919)
+    elif d["dataset"] == "cifar10":
         root = d.get("root") or "data/cifar10"
-        train = D.load_cifar10(root, train=True, download=bool(d.get("download", True)))
-        test = D.load_cifar10(root, train=False, download=bool(d.get("download", True)))
+        train = D.subset(D.load_cifar10(root, train=True, download=bool(d.get("download", True))),
+                         d.get("train_size"), seed)
+        test = D.subset(D.load_cifar10(root, train=False, download=bool(d.get("download", True))),
+                        d.get("test_size"), seed + 1)
     else:
         root = Path(d["root"])
-        train = D.load_imagefolder(root / "train", size=None)
-        test = D.load_imagefolder(root / "test", size=None)
+        # the subset is chosen before decoding and each image resized as it is read: any sizes, little memory
+        train = D.load_imagefolder(root / "train", hw, d.get("train_size"), seed)
+        test = D.load_imagefolder(root / "test", hw, d.get("test_size"), seed + 1)
         if train.classes != test.classes:
             raise D.DataError(f"{root}/train and {root}/test have different classes: {train.classes} vs {test.classes}")
-    train = D.resize(D.subset(train, d.get("train_size"), seed), size)
-    test = D.resize(D.subset(test, d.get("test_size"), seed + 1), size)
-    return train, test
+    train, test = D.resize(train, hw), D.resize(test, hw)
+    channels = max(train.channels, test.channels)  # colour anywhere: colour everywhere
+    train, test = D.to_channels(train, channels), D.to_channels(test, channels)
+    mean, std = statistics(d, train)
+    return train.with_stats(mean, std), test.with_stats(mean, std)
+
+
+def statistics(d: dict, train: D.ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std of data.normalize: CIFAR's constants, or the training split's own."""
+    mode = normalize_mode(d)
+    if mode == "cifar":
+        if train.channels != 3:
+            raise ParamsError(f"data.normalize=cifar needs RGB images, but {d.get('root')} is grayscale "
+                              f"({train.channels} channel); valid here: auto, dataset")
+        return D.CIFAR_MEAN, D.CIFAR_STD
+    return D.channel_stats(train.images)
 
 
 def run(params_path: str, out: str) -> dict:
@@ -49,7 +73,11 @@ def run(params_path: str, out: str) -> dict:
         "dataset": d["dataset"],
         "train": len(train),
         "test": len(test),
-        "image_size": int(train.images.shape[-1]),
+        "image_size": D.recorded_size(train.size),
+        "channels": train.channels,
+        "normalize": normalize_mode(d),
+        "mean": list(train.mean),
+        "std": list(train.std),
         "classes": train.classes,
     }
     write_json_atomic(meta, out_dir / "meta.json")

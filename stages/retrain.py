@@ -29,6 +29,7 @@ from darts import checkpoint as ckpt
 from darts.data import BatchStream, DataError, ImageSet
 from darts.search import NonFiniteError
 from darts.evalnet import EvalNetwork, count_params_m
+from darts.evalnet_imagenet import NETWORKS, build_network, choose_network
 from darts.hostmemory import retain_freed_memory
 from darts.inference import model_record
 from darts.published import PUBLISHED, find_published, published_genotype
@@ -36,7 +37,7 @@ from darts.space import Genotype, GenotypeError, genotype_format, parse_genotype
 from darts.train import RetrainConfig, Retrainer
 
 from .common import CHECKPOINT_ROOT, machine, reject_machine_settings, as_recorded, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, seed_everything
-from .params import ParamsError, RunSpec, check_data, load_params, run_spec, section
+from .params import ParamsError, RunSpec, check_data, image_size, load_params, run_spec, section
 from .progress import Progress
 from .runguard import Interrupted, RunLock, StopOnSignal
 
@@ -51,12 +52,23 @@ def write_curve(rows: list[dict], path: Path) -> None:
 
 
 EXTRA_KEYS = {"layers": 20, "C": 36, "auxiliary": True}
+#: DARTS' sizes of the ImageNet network, the defaults when it is chosen and layers/C are not set
+IMAGENET_DEFAULTS = {"layers": 14, "C": 48}
+MIN_IMAGENET_SIDE = 32  # its stems and two reductions take the input to 1/32
 
 
 def retrain_settings(params: dict) -> tuple[RetrainConfig, dict]:
+    """(config, extra) of params.retrain; ``extra`` holds layers, C, auxiliary and, only when
+    set, ``network`` (as given: it is part of the checkpoint key, which must not change for
+    params that do not set it). ``network_kind`` resolves it against the image size."""
     r = section(params, "retrain")
     reject_machine_settings("retrain", r)
-    extra = {k: r.pop(k, v) for k, v in EXTRA_KEYS.items()}
+    network = r.pop("network", None)
+    kind = network_kind({"network": network} if network is not None else {}, params)
+    defaults = {**EXTRA_KEYS, **(IMAGENET_DEFAULTS if kind == "imagenet" else {})}
+    extra = {k: r.pop(k, v) for k, v in defaults.items()}
+    if network is not None:
+        extra["network"] = network
     try:
         cfg = RetrainConfig.from_dict(r)
     except (ValueError, TypeError) as e:
@@ -70,6 +82,21 @@ def retrain_settings(params: dict) -> tuple[RetrainConfig, dict]:
     if extra["C"] % 2:
         raise ParamsError(f"retrain.C={extra['C']} is invalid; must be even")
     return cfg, extra
+
+
+def network_kind(extra: dict, params: dict) -> str:
+    """The evaluation network (darts.evalnet_imagenet.NETWORKS) of retrain.network (default
+    auto: from data.image_size), with a one-line error for a value or size it cannot take."""
+    setting = extra.get("network", "auto")
+    if setting not in ("auto", *NETWORKS):
+        raise ParamsError(f"retrain.network={setting!r} is invalid; valid: auto, {', '.join(NETWORKS)}")
+    size = image_size(check_data(section(params, "data")))
+    kind = choose_network(setting, size)
+    if kind == "imagenet" and min(size) < MIN_IMAGENET_SIDE:
+        raise ParamsError(f"retrain.network=imagenet needs images of at least {MIN_IMAGENET_SIDE}x{MIN_IMAGENET_SIDE} "
+                          f"(it takes them to 1/32) but data.image_size={params['data'].get('image_size')!r}; "
+                          f"valid here: auto, cifar")
+    return kind
 
 
 GENOTYPE_FORMS = ("--genotype takes a genotype.json file, a file of DARTS Genotype(normal=[...], "
@@ -307,13 +334,17 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
         cfg, extra = retrain_settings(params)
         data_params = check_data(section(params, "data"))
         genotype, genotype_source = read_genotype(genotype_path)
+        network = network_kind(extra, params)
         # stages.common: --device/--threads, else DARTS_DEVICE/DARTS_THREADS
         device = rank_device(machine(device, threads), ranks)
         check_shards(cfg, ranks, device)
         retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
         train_set = load_prepared(prepared, "train")
+        if train_set.size != image_size(data_params):
+            raise ParamsError(f"prepared data {prepared} holds {train_set.size[0]}x{train_set.size[1]} images but "
+                              f"data.image_size={data_params.get('image_size')!r}; rerun `darts prepare-split`")
     job = Job(params_path, config, seed, genotype_path, prepared, out, spec, cfg, extra, data_params, genotype,
-              genotype_source, device, train_set)
+              genotype_source, device, train_set, network)
     if ranks.world == 1:
         return train(job, ranks)
     ranks = start_group(ranks, job.device)
@@ -341,6 +372,7 @@ class Job:
     genotype_source: dict
     device: torch.device
     train_set: ImageSet
+    network: str  # darts.evalnet_imagenet.NETWORKS: retrain.network resolved for the image size
 
     def command(self) -> dict:
         """The arguments as `command.json` records them (for `darts clean`)."""
@@ -352,8 +384,9 @@ def build_model(job: Job, ranks: Ranks) -> EvalNetwork:
     """The network, initialised from the run's seed (DDP then copies rank 0's weights anyway);
     ranks > 0 then move to their own torch stream (``rank_seed``)."""
     seed_everything(job.spec.seed)
-    model = EvalNetwork(job.genotype, C=job.extra["C"], n_classes=len(job.train_set.classes),
-                        layers=job.extra["layers"], auxiliary=bool(job.extra["auxiliary"])).to(job.device)
+    model = build_network(job.network, job.genotype, C=job.extra["C"], n_classes=len(job.train_set.classes),
+                          layers=job.extra["layers"], auxiliary=bool(job.extra["auxiliary"]),
+                          in_channels=job.train_set.channels).to(job.device)
     if not ranks.lead:
         torch.manual_seed(rank_seed(job.spec.seed, ranks.rank))
     return model
@@ -466,7 +499,7 @@ def finish(job: Job, ranks: Ranks, model: EvalNetwork, curve: list[dict], progre
     device_text = device_label(job.device)
     # the run's own identity, so `darts test` needs no search (a published genotype has none)
     summary = {"run": asdict(job.spec), "genotype_source": job.genotype_source, "genotype": job.genotype.to_dict(),
-               "params_m": count_params_m(model),
+               "params_m": count_params_m(model), "network": job.network,
                "device": device_text if ranks.world == 1 else f"{ranks.world}x {device_text} (DDP)",
                "retrain_seconds": sum(r.get("seconds", 0.0) for r in curve), "epochs": curve}
     if ranks.world > 1:
@@ -478,8 +511,7 @@ def finish(job: Job, ranks: Ranks, model: EvalNetwork, curve: list[dict], progre
         return summary
     # darts.inference defines the format: the network, plus class names, image size and mean/std
     ckpt.save_atomic(model_record(model, job.genotype, job.extra["C"], job.extra["layers"],
-                                  bool(job.extra["auxiliary"]), job.train_set.classes,
-                                  job.train_set.images.shape[-1]), out_dir / "model.pt")
+                                  bool(job.extra["auxiliary"]), job.train_set), out_dir / "model.pt")
     write_curve(curve, out_dir / "epochs.tsv")
     ckpt.write_json_atomic(summary, out_dir / "retrain.json")
     drop_checkpoint(state_file)

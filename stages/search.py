@@ -107,7 +107,8 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
     method = METHODS[spec.method]
     if not method.trains_supernet:
         net = SearchNetwork(make_activation(spec.activation), C=extra["C"], n_classes=len(train_set.classes),
-                            layers=extra["layers"], generator=torch.Generator().manual_seed(spec.seed)).to(device)
+                            layers=extra["layers"], generator=torch.Generator().manual_seed(spec.seed),
+                            in_channels=train_set.channels).to(device)
         return Untrained(net, method.set_alpha, spec.seed), {"train_fraction": None, "train": 0, "val": 0}, None
     activation = make_activation(spec.activation, **{arg: extra[key] for arg, key in
                                                      ACTIVATIONS[spec.activation].options.items()})
@@ -126,7 +127,7 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
     val_stream = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=spec.seed + 1, device=device)
     g = torch.Generator().manual_seed(spec.seed)
     net = SearchNetwork(activation, C=extra["C"], n_classes=len(train_set.classes), layers=extra["layers"],
-                        generator=g).to(device)
+                        generator=g, in_channels=train_set.channels).to(device)
     searcher = Searcher(net, cfg, schedule, regularizer, train_stream, val_stream)
     split = {"train_fraction": frac, "train": len(tr_idx), "val": len(va_idx)}
     val_eval = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=0, device=device, train=False)

@@ -17,8 +17,8 @@ import torch
 
 from darts.checkpoint import write_json_atomic
 from darts.data import BatchStream
-from darts.evalnet import EvalNetwork, count_params_m
-from darts.space import Genotype
+from darts.evalnet import count_params_m
+from darts.inference import network_from_record
 from darts.train import evaluate
 
 from .common import load_prepared, machine
@@ -68,10 +68,7 @@ def run(retrain_dir: str, search_dir: str | None, prepared: str, out: str, batch
     run = run_identity(retrain, search, retrain_dir, search_dir)
     dev = machine(device, threads)
     saved = torch.load(model_file, map_location="cpu", weights_only=True)
-    model = EvalNetwork(Genotype.from_dict(saved["genotype"]), C=saved["C"], n_classes=saved["n_classes"],
-                        layers=saved["layers"], auxiliary=saved["auxiliary"])
-    model.load_state_dict(saved["state"])
-    model.to(dev)
+    model = network_from_record(saved).to(dev)  # darts.inference: the CIFAR or ImageNet network, 1 or 3 channels
     test_set = load_prepared(prepared, "test")
     result = evaluate(model, BatchStream(test_set, batch_size, seed=0, device=dev, train=False).epoch_batches())
     metrics = {  # the same keys with or without a search: aggregate and figures read them

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 import stages.models
 from conftest import assert_one_line_error, tiny_params
 from darts.checkpoint import save_atomic
-from darts.data import BatchStream, CIFAR_MEAN, CIFAR_STD, normalize, resize_batch
+from darts.data import BatchStream, CIFAR_MEAN, CIFAR_STD, ImageSet, normalize, resize_batch
 from darts.evalnet import EvalNetwork
 from darts.inference import load_model, model_record, predict, read_image
 from darts.space import DARTS_V2, Genotype
@@ -45,7 +45,9 @@ def saved(tmp_path_factory):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_atomic(model_record(net, DARTS_V2, 4, 3, True, CLASSES, SIZE), path)
+    trained_on = ImageSet(torch.zeros(len(CLASSES), 3, SIZE, SIZE, dtype=torch.uint8), torch.arange(len(CLASSES)),
+                          CLASSES)  # what model_record reads of it: classes, size, channels, (CIFAR's) mean/std
+    save_atomic(model_record(net, DARTS_V2, 4, 3, True, trained_on), path)
     return path, net.eval()
 
 
