@@ -20,10 +20,13 @@ SCIENCE_VERSION = "1"
 
 
 def science_fingerprint() -> str:
-    """Hash of the `darts` package sources: any change to the science invalidates checkpoints."""
+    """Hash of the `darts` package sources, subpackages (darts.data) included: any change to
+    the science invalidates checkpoints. A top-level file is hashed under its bare name, as
+    before subpackages existed."""
     h = hashlib.sha256(SCIENCE_VERSION.encode())
-    for f in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        h.update(f.name.encode())
+    root = Path(__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .data import BatchStream, ImageSet
+from .data import BatchStream, ImageSet, as_hw
 from .regularizers import NoRegularizer
 from .schedules import alternate
 from .search import SearchConfig, Searcher
@@ -102,9 +102,11 @@ def step_cost(times: list[float], device: torch.device) -> StepCost:
     return StepCost(statistics.median(times), rss, gpu, len(times))
 
 
-def random_images(n: int, side: int, seed: int) -> ImageSet:
+def random_images(n: int, side: int | tuple[int, int], seed: int) -> ImageSet:
+    """``n`` random RGB images of ``side`` (a side or (H, W)) with random labels: a step costs
+    the same whatever the pixels."""
     g = torch.Generator().manual_seed(seed)
-    return ImageSet(torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g),
+    return ImageSet(torch.randint(0, 256, (n, 3, *as_hw(side)), dtype=torch.uint8, generator=g),
                     torch.randint(0, N_CLASSES, (n,), generator=g), [str(c) for c in range(N_CLASSES)])
 
 
@@ -112,7 +114,7 @@ def _device(net: torch.nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
-def _searcher(net, cfg: SearchConfig, side: int, iterations: int) -> Searcher:
+def _searcher(net, cfg: SearchConfig, side: int | tuple[int, int], iterations: int) -> Searcher:
     """A Searcher over random batches whose epoch is ``iterations`` alternate iterations:
     each an α step (at ``cfg.order``) on a validation batch, then a w step."""
     device, b = _device(net), cfg.batch_size
@@ -121,13 +123,13 @@ def _searcher(net, cfg: SearchConfig, side: int, iterations: int) -> Searcher:
     return Searcher(net, cfg, alternate(), NoRegularizer(), train, val)
 
 
-def warm_up_search(net, cfg: SearchConfig, side: int) -> None:
+def warm_up_search(net, cfg: SearchConfig, side: int | tuple[int, int]) -> None:
     """One untimed iteration, after handing back what earlier work left (``release_memory``)."""
     release_memory(_device(net))
     _searcher(net, cfg, side, 1).run_epoch()
 
 
-def time_search(net, cfg: SearchConfig, side: int, steps: int, clock: Clock,
+def time_search(net, cfg: SearchConfig, side: int | tuple[int, int], steps: int, clock: Clock,
                 budget_s: float = float("inf")) -> tuple[StepCost, StepCost]:
     """(w step, α step) of ``net`` at ``cfg.order`` over up to ``steps`` iterations (after
     ``warm_up_search``; a second-order α step needs no warm-up of its own after first-order
@@ -155,7 +157,7 @@ def time_search(net, cfg: SearchConfig, side: int, steps: int, clock: Clock,
     return StepCost(statistics.median(w), n=len(w)), step_cost(alpha_times, device)
 
 
-def time_retrain(model, cfg: RetrainConfig, side: int, steps: int, clock: Clock,
+def time_retrain(model, cfg: RetrainConfig, side: int | tuple[int, int], steps: int, clock: Clock,
                  budget_s: float = float("inf")) -> tuple[StepCost, StepCost]:
     """(training step, eval-mode forward of one batch) of an evaluation network. Drop-path is
     at its mid-run rate (most of a retrain runs with it on); cutout as configured."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from darts.activations import make_activation
-from darts.evalnet import EvalNetwork
+from darts.evalnet_imagenet import build_network
 from darts.methods import METHODS
 from darts.hostmemory import retain_freed_memory
 from darts.schedules import make_schedule, train_fraction
@@ -30,8 +30,8 @@ from darts.steptime import N_CLASSES, Clock, StepCost, reset_peak, time_retrain,
 from darts.supernet import SearchNetwork
 
 from .common import device_label, machine
-from .params import ParamsError, RunSpec, run_spec, section, study_runs
-from .retrain import retrain_settings
+from .params import ParamsError, RunSpec, image_size, run_spec, section, study_runs
+from .retrain import network_kind, retrain_settings
 from .search import search_settings
 
 #: a CPU study longer than this gets the pointer to cheaper scales and to scaling out
@@ -229,8 +229,9 @@ def _sched() -> tuple[int, int] | None:
     return (sum(int(a) for a, _ in pairs), sum(int(b) for _, b in pairs)) if pairs else None
 
 
-def _side(params: dict) -> int:
-    return int(section(params, "data").get("image_size", 32))
+def _side(params: dict) -> tuple[int, int]:
+    """data.image_size as (height, width)."""
+    return image_size(section(params, "data"))
 
 
 def measure(params: dict, steps: int = 2, clock: Clock = time.perf_counter, budget_s: float | None = None) -> Measured:
@@ -262,8 +263,8 @@ def measure(params: dict, steps: int = 2, clock: Clock = time.perf_counter, budg
     del net
     rcfg, rextra = retrain_settings(params)
     torch.manual_seed(0)
-    model = EvalNetwork(DARTS_V2, C=rextra["C"], n_classes=N_CLASSES, layers=rextra["layers"],
-                        auxiliary=bool(rextra["auxiliary"])).to(device)
+    model = build_network(network_kind(rextra, params), DARTS_V2, C=rextra["C"], n_classes=N_CLASSES,
+                          layers=rextra["layers"], auxiliary=bool(rextra["auxiliary"])).to(device)
     retrain, infer = time_retrain(model, rcfg, _side(params), steps, clock, budget_s * 0.4)
     method = ("getrusage ru_maxrss, reset before each measurement (/proc/self/clear_refs)" if resettable else
               "getrusage ru_maxrss, the process's peak so far (cannot reset here: later rows include earlier)")

@@ -106,8 +106,13 @@ def test_mixed_sizes_resized_gray_kept_and_subset_before_decoding(tmp_path):
 # ------------------------------------------------------------------ the ImageNet network
 def test_imagenet_network_shapes_stride_and_darts_parameter_count():
     g = published_genotype("DARTS_V2")
-    # DARTS' ImageNet model: C=48, 14 cells, 1000 classes; quark0/darts' log: "param size = 4.718752MB"
-    assert count_params_m(EvalNetworkImageNet(g, C=48, n_classes=1000, layers=14)) == pytest.approx(4.718752, abs=5e-7)
+    # DARTS' ImageNet model: C=48, 14 cells, 1000 classes; the paper (Table 3) reports 4.7M for DARTS_V2.
+    # The exact count pins this build (the cells are pinned to DARTS' CIFAR count in test_evalnet.py);
+    # the stems and classifier by hand: 3·24·9 + 2·24 + 24·48·9 + 2·48 + 48·48·9 + 2·48 + 1000·(768 + 1)
+    net = EvalNetworkImageNet(g, C=48, n_classes=1000, layers=14)
+    assert count_params_m(net) == pytest.approx(4.718752, abs=5e-7) and round(count_params_m(net), 1) == 4.7
+    outside_cells = sum(p.numel() for m in (net.stem0, net.stem1, net.classifier) for p in m.parameters())
+    assert outside_cells == 3 * 24 * 9 + 2 * 24 + 24 * 48 * 9 + 2 * 48 + 48 * 48 * 9 + 2 * 48 + 1000 * (768 + 1)
     net = EvalNetworkImageNet(g, C=8, n_classes=5, layers=5, in_channels=1).train()
     seen = {}
     for name, module in (("stem0", net.stem0), ("stem1", net.stem1[2])):  # stem1's BN: its output
