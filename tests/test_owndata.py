@@ -231,3 +231,27 @@ def test_imagenet_network_retrained_on_large_images(tmp_path, checkpoints):
     _ok(["test", "--retrain", str(tmp_path / "rt"), "--prepared", str(prep), "--out", str(tmp_path / "m.json")])
     model, info = load_model(tmp_path / "rt")
     assert isinstance(model, EvalNetworkImageNet) and info.image_size == [128, 160] and info.channels == 3
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_gray_non_square_imagenet_model(tmp_path, fmt):
+    """`darts export` of a 1-channel, 40x56 ImageNet-network model: the exported logits are
+    checked against PyTorch's by the command itself (<= 1e-4, exit 1 otherwise)."""
+    import importlib.util
+
+    from darts.checkpoint import save_atomic
+    from darts.inference import model_record
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if fmt == "onnx" and missing:
+        pytest.skip(f"{', '.join(missing)} not installed (pip install -e '.[export]')")
+    g = published_genotype("DARTS_V2")
+    torch.manual_seed(0)
+    net = EvalNetworkImageNet(g, C=4, n_classes=len(CLASSES), layers=3, in_channels=1)
+    trained_on = ImageSet(torch.zeros(3, 1, 40, 56, dtype=torch.uint8), torch.arange(3), list(CLASSES), (0.3,), (0.2,))
+    save_atomic(model_record(net, g, 4, 3, True, trained_on), tmp_path / "model.pt")
+    model, info = load_model(tmp_path / "model.pt")
+    assert (info.channels, info.hw, info.network, info.mean) == (1, (40, 56), "imagenet", (0.3,))
+    out = _ok(["export", "--model", str(tmp_path / "model.pt"), "--format", fmt, "--out", str(tmp_path / f"m.{fmt}")])
+    assert "40x56px input" in out and (tmp_path / f"m.{fmt}").is_file()
+    assert "check against PyTorch: max |logit difference|" in out  # run, and within tolerance (exit 0)
