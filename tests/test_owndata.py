@@ -255,3 +255,13 @@ def test_export_gray_non_square_imagenet_model(tmp_path, fmt):
     out = _ok(["export", "--model", str(tmp_path / "model.pt"), "--format", fmt, "--out", str(tmp_path / f"m.{fmt}")])
     assert "40x56px input" in out and (tmp_path / f"m.{fmt}").is_file()
     assert "check against PyTorch: max |logit difference|" in out  # run, and within tolerance (exit 0)
+
+
+def test_cifar_constants_refused_for_a_gray_folder_before_anything_is_written(tmp_path):
+    p = tiny_params()
+    p["data"].update({"dataset": "imagefolder", "root": str(_gray_folder(tmp_path / "g", 2, 1)),
+                      "train_size": None, "test_size": None, "image_size": 16, "normalize": "cifar"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    r = runner.invoke(app, ["prepare-split", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "prep")])
+    assert_one_line_error(r, "data.normalize=cifar needs RGB images", "grayscale", "valid here: auto, dataset")
+    assert not (tmp_path / "prep").exists()
