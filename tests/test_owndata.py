@@ -265,3 +265,24 @@ def test_cifar_constants_refused_for_a_gray_folder_before_anything_is_written(tm
     r = runner.invoke(app, ["prepare-split", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "prep")])
     assert_one_line_error(r, "data.normalize=cifar needs RGB images", "grayscale", "valid here: auto, dataset")
     assert not (tmp_path / "prep").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("dvc") is None, reason="dvc is not installed (pip install -e '.[test]')")
+def test_gray_mixed_non_square_folder_through_dvc_repro_variant_chain(tmp_path):
+    """The same folder through `dvc repro variant-test` in a git copy of the project: the
+    variant chain exactly as a user runs it (check-params, prepare-split, variant-*)."""
+    from test_pipeline import _make_repo, sh
+
+    repo = _make_repo(tmp_path / "repo")
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["data"].update({"dataset": "imagefolder", "root": str(_gray_folder(tmp_path / "photos")), "train_size": None,
+                      "test_size": None, "image_size": [12, 20], "normalize": "auto"})
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    sh("git commit -qam 'own data' && dvc repro variant-test", repo)
+    meta = json.loads((repo / "data" / "prepared" / "meta.json").read_text())
+    assert (meta["image_size"], meta["channels"], meta["normalize"]) == ([12, 20], 1, "dataset")
+    assert json.loads((repo / "current" / "metrics.json").read_text())["test_n"] == 12
+    _, info = load_model(repo / "current" / "retrain")
+    assert (info.channels, info.hw, info.network) == (1, (12, 20), "cifar")
+    assert "Running stage" not in sh("dvc repro variant-test", repo)  # and a second repro does nothing
