@@ -186,12 +186,16 @@ def study_run(jobs: int = typer.Option(1, "--jobs", "-j", help="chains run at on
                                                   help="I/N: run only shard I of N (chain k of the study's order "
                                                        "goes to shard k mod N + 1), then push its runs and the "
                                                        "run-cache to the default DVC remote; no Table 1 (see "
-                                                       "`darts study collect`)")) -> None:
+                                                       "`darts study collect`)"),
+              stage_server: bool = typer.Option(True, "--stage-server/--no-stage-server",
+                                                help="run the stages as forks of one process that has imported "
+                                                     "torch once (stages/stageserver.py), not as fresh Pythons")
+              ) -> None:
     """Run every config × seed chain (and the variant chain) in parallel through DVC, then
     Table 1 and the figures. A rerun resumes; `dvc status` is clean afterwards."""
     from . import study as stage
 
-    raise typer.Exit(_guard(stage.run, params, jobs, devices, shard=shard))
+    raise typer.Exit(_guard(stage.run, params, jobs, devices, shard=shard, stage_server=stage_server))
 
 
 @study_app.command("collect")

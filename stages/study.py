@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import stageserver
 from .params import ParamsError, load_params, study_runs
 from .progress import _fmt_seconds as fmt_seconds
 
@@ -204,7 +205,7 @@ def _say(out):
 
 
 def run(params_path: str, jobs: int, devices: str | None, log_dir: str = "logs/study", out=None,
-        shard: str | None = None) -> int:
+        shard: str | None = None, stage_server: bool = True) -> int:
     """Run the whole study (chains in parallel, then aggregate and figures); the exit code.
 
     With `shard="I/N"`: only that shard's chains (shard_chains), then `dvc push --run-cache`
@@ -230,6 +231,19 @@ def run(params_path: str, jobs: int, devices: str | None, log_dir: str = "logs/s
             f"({', '.join(c.name for c in chains) or 'none: more shards than chains'}); results go to "
             f"DVC remote {remote!r}")
 
+    if not stage_server:
+        return _run_study(chains, part, remote, jobs, device_list, cores, base, logs, say)
+    with stageserver.started(base, logs / "stage-server.log") as sock:
+        if sock:
+            base["DARTS_STAGE_SERVER"] = sock
+        else:
+            say(f"[study] no stage server ({logs / 'stage-server.log'}): every stage starts its own Python")
+        return _run_study(chains, part, remote, jobs, device_list, cores, base, logs, say)
+
+
+def _run_study(chains: list[Chain], part, remote, jobs: int, device_list: list[str], cores: int, base: dict,
+               logs: Path, say) -> int:
+    """run()'s work once the inputs are checked: setup, the chains, then push or Table 1."""
     say(f"[study] checking params and preparing data ({', '.join(SETUP_STAGES)})")
     # a shard takes the prepared data from the remote's run-cache when another shard has
     # pushed it: every machine then feeds the chains the same bytes, whatever its library versions
@@ -278,7 +292,7 @@ def _run_chains(chains: list[Chain], jobs: int, device_list: list[str], cores: i
                 cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "-s", *chain.stages]
                 # own session: a Ctrl-C at the terminal reaches only this process, which passes
                 # exactly one SIGINT on (a stage takes a second one as "stop without saving")
-                procs[chain.name] = (subprocess.Popen(cmd, env=worker_env(slot, jobs, device_list, cores),
+                procs[chain.name] = (subprocess.Popen(cmd, env=worker_env(slot, jobs, device_list, cores, base),
                                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
                                      slot, chain, log)
                 board.running[chain.name] = time.monotonic()
