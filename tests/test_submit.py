@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import shutil
 import subprocess
 import time
@@ -45,6 +44,26 @@ def test_bad_options_are_one_line_errors_before_any_work(argv, needles, tmp_path
     monkeypatch.chdir(tmp_path)  # no params.yaml, no DVC repo: the options are refused before either is read
     assert_one_line_error(runner.invoke(app, ["study", "submit", *argv]), *needles)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a Slurm login node: sbatch is there")
+def test_slurm_without_sbatch_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(runner.invoke(app, ["study", "submit", "--executor", "slurm"]), "no `sbatch`",
+                          "--executor local")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not HAVE_DVC, reason="dvc is not installed")
+def test_no_default_remote_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Every task pushes to the default remote: without one nothing is reproduced or queued."""
+    subprocess.run("git init -q && dvc init -q", shell=True, cwd=tmp_path, check=True,
+                   env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(runner.invoke(app, ["study", "submit", "--executor", "local", "--gpus-per-job", "0"]),
+                          "no default DVC remote is set", "dvc remote add -d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dvc", ".dvcignore", ".git", "params.yaml"]
 
 
 def test_slurm_gets_one_task_per_chain_local_one_per_parallel_slot(tmp_path):
