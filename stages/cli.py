@@ -189,13 +189,16 @@ def study_run(jobs: int = typer.Option(1, "--jobs", "-j", help="chains run at on
                                                        "`darts study collect`)"),
               stage_server: bool = typer.Option(True, "--stage-server/--no-stage-server",
                                                 help="run the stages as forks of one process that has imported "
-                                                     "torch once (stages/stageserver.py), not as fresh Pythons")
-              ) -> None:
+                                                     "torch once (stages/stageserver.py), not as fresh Pythons"),
+              setup: bool = typer.Option(True, "--setup/--no-setup", hidden=True,
+                                         help="--no-setup: check-params and prepare-split are up to date "
+                                              "(`darts study submit`'s tasks, sharing one clone)")) -> None:
     """Run every config × seed chain (and the variant chain) in parallel through DVC, then
     Table 1 and the figures. A rerun resumes; `dvc status` is clean afterwards."""
     from . import study as stage
 
-    raise typer.Exit(_guard(stage.run, params, jobs, devices, shard=shard, stage_server=stage_server))
+    raise typer.Exit(_guard(stage.run, params, jobs, devices, shard=shard, setup=setup,
+                            stage_server=stage_server))
 
 
 @study_app.command("collect")
@@ -205,6 +208,31 @@ def study_collect(params: str = PARAMS) -> None:
     from . import study as stage
 
     raise typer.Exit(_guard(stage.collect, params))
+
+
+@study_app.command("submit")
+def study_submit(executor: str = typer.Option(..., "--executor", help="slurm | local (local processes, "
+                                              "submitit's stand-in for a cluster)"),
+                 partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition"),
+                 gpus_per_job: str = typer.Option("1", "--gpus-per-job", help="GPUs per task (0 = CPU); a task "
+                                                  "with G > 1 runs G chains at once, one per GPU"),
+                 cpus_per_job: str = typer.Option("1", "--cpus-per-job", help="CPU cores per task, split between "
+                                                  "its chains (DARTS_THREADS)"),
+                 parallel: Optional[str] = typer.Option(None, "--parallel", help="Slurm: array tasks running at "
+                                                        "once (default all); local: the number of tasks (default "
+                                                        "1), each a round-robin shard of the chains"),
+                 hours: str = typer.Option("24", "--time", help="time limit per task in hours; a task stopped "
+                                           "by it (or preempted) checkpoints and is requeued"),
+                 wait: bool = typer.Option(True, "--wait/--no-wait", help="follow the tasks, then collect "
+                                           "Table 1 (`darts study collect`)"),
+                 params: str = PARAMS) -> None:
+    """Submit the study as a job array through submitit: Slurm, one task per chain (or local
+    processes), each `darts study run --shard I/N` pushing to the default DVC remote."""
+    from . import submit as stage
+
+    opts = _guard(stage.parse_options, executor, parallel, hours, partition, gpus_per_job, cpus_per_job)
+    code, _ = _guard(stage.submit, params, opts, wait)
+    raise typer.Exit(code)
 
 
 #: the commands that compute a run; `darts study collect` sets DARTS_RESTORE_ONLY (its name is

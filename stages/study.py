@@ -205,12 +205,18 @@ def _say(out):
 
 
 def run(params_path: str, jobs: int, devices: str | None, log_dir: str = "logs/study", out=None,
-        shard: str | None = None, stage_server: bool = True) -> int:
+        shard: str | None = None, setup: bool = True, stage_server: bool = True) -> int:
     """Run the whole study (chains in parallel, then aggregate and figures); the exit code.
 
     With `shard="I/N"`: only that shard's chains (shard_chains), then `dvc push --run-cache`
     of what finished, and no aggregate, claims or figures (they need every run: that is
-    `collect`'s job, on any clone, once every shard has pushed)."""
+    `collect`'s job, on any clone, once every shard has pushed).
+
+    `setup=False` (`darts study submit`'s array tasks, which share one clone): check-params and
+    prepare-split were reproduced once by the submitter and must be up to date here. They are
+    not reproduced again: `dvc repro` takes a write lock on a stage's outputs even when the
+    stage is up to date, and another task's running chain holds a read lock on data/prepared,
+    so a task's setup would fail ("is busy") or make the other task's next stage fail."""
     out = out or sys.stderr
     say = _say(out)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -232,26 +238,34 @@ def run(params_path: str, jobs: int, devices: str | None, log_dir: str = "logs/s
             f"DVC remote {remote!r}")
 
     if not stage_server:
-        return _run_study(chains, part, remote, jobs, device_list, cores, base, logs, say)
+        return _run_study(chains, part, remote, jobs, device_list, cores, base, logs, say, setup)
     with stageserver.started(base, logs / "stage-server.log") as sock:
         if sock:
             base["DARTS_STAGE_SERVER"] = sock
         else:
             say(f"[study] no stage server ({logs / 'stage-server.log'}): every stage starts its own Python")
-        return _run_study(chains, part, remote, jobs, device_list, cores, base, logs, say)
+        return _run_study(chains, part, remote, jobs, device_list, cores, base, logs, say, setup)
 
 
 def _run_study(chains: list[Chain], part, remote, jobs: int, device_list: list[str], cores: int, base: dict,
-               logs: Path, say) -> int:
+               logs: Path, say, setup: bool) -> int:
     """run()'s work once the inputs are checked: setup, the chains, then push or Table 1."""
-    say(f"[study] checking params and preparing data ({', '.join(SETUP_STAGES)})")
-    # a shard takes the prepared data from the remote's run-cache when another shard has
-    # pushed it: every machine then feeds the chains the same bytes, whatever its library versions
-    setup = _dvc(["repro", *(["--pull"] if part else []), *SETUP_STAGES], base)
-    if setup.returncode != 0:
-        say(setup.stdout.rstrip())
-        say("[study] stopped before any run: fix the error above")
-        return 2
+    if not setup:
+        stale = stale_stages(base)  # None (another process holds a lock): the chains' DVC still checks
+        if stale is not None and stale.intersection(SETUP_STAGES):
+            say(f"[study] {', '.join(sorted(stale.intersection(SETUP_STAGES)))} not up to date in this clone "
+                "(params.yaml or data changed since the submission?); stopped before any run: resubmit")
+            return 2
+        say(f"[study] {', '.join(SETUP_STAGES)} already reproduced by the submission")
+    else:
+        say(f"[study] checking params and preparing data ({', '.join(SETUP_STAGES)})")
+        # a shard takes the prepared data from the remote's run-cache when another shard has
+        # pushed it: every machine then feeds the chains the same bytes, whatever its library versions
+        done = _dvc(["repro", *(["--pull"] if part else []), *SETUP_STAGES], base)
+        if done.returncode != 0:
+            say(done.stdout.rstrip())
+            say("[study] stopped before any run: fix the error above")
+            return 2
     board = _run_chains(chains, jobs, device_list, cores, base, logs, say)
     if board is None:
         return 130
