@@ -18,13 +18,19 @@ synchronisation on a GPU. The newly pruned masks come back as device tensors; th
 history queues them with its other records, and the supernet learns which ops to skip
 from a host copy of the masks that arrives asynchronously (``darts.supernet``).
 Softmax never prunes and returns None.
+
+`sigmoid` is FairDARTS' (Chu et al. 2020, "Fair DARTS: eliminating unfair advantages in
+differentiable architecture search"): σ(α) for each op on its own, so ops no longer compete
+for one share of the edge (the "exclusive competition" they blame for skip-connection
+collapse); their search space drops `none` (7 ops) and starts α at 0 (all weights ½).
+Its partner is the zero-one loss (``darts.regularizers.ZeroOne``).
 """
 from __future__ import annotations
 
 import torch
 
 from .constraints import best_ops, candidate_edges_per_node, rank_in_node
-from .space import search_ops
+from .space import PRIMITIVES, search_ops
 
 
 class Softmax:
@@ -108,10 +114,30 @@ def _rescue(alpha: torch.Tensor, live: torch.Tensor, newly: torch.Tensor, ops: t
     return best_op & (dying & (rank_in_node(best_val, dying) < short))[:, None]
 
 
-ACTIVATIONS = {"softmax": Softmax, "crb": CRB}
+class Sigmoid(Softmax):
+    """FairDARTS: σ(α) per op, independently (no sum-to-one across an edge's ops); nothing pruned.
+
+    Ops: the DARTS list without `none`, as in the authors' code (a `none` op whose weight need
+    not shrink when others grow would only add zeros). α starts at exactly 0, as there
+    (``torch.zeros``): every op at weight ½, the symmetry broken by the data's gradients."""
+
+    name = "sigmoid"
+    options: dict[str, str] = {}
+
+    def __init__(self):
+        self.ops = tuple(p for p in PRIMITIVES if p != "none")
+
+    def init_alpha(self, n_edges: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.zeros(n_edges, len(self.ops))
+
+    def __call__(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(alpha)
 
 
-def make_activation(name: str, **kwargs) -> Softmax | CRB:
+ACTIVATIONS = {"softmax": Softmax, "crb": CRB, "sigmoid": Sigmoid}
+
+
+def make_activation(name: str, **kwargs) -> Softmax | CRB | Sigmoid:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name](**kwargs)

@@ -1,0 +1,122 @@
+"""The related-work rows of Table 1 as plug-ins: each formula against numbers worked by hand.
+
+R-DARTS (L2) is a method whose only change is the weight decay on w; FairDARTS is the sigmoid
+activation plus the zero-one loss. The numbers in the comments are the hand computations.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_params
+from darts.activations import ACTIVATIONS, Sigmoid, make_activation
+from darts.methods import METHODS, R_DARTS_L2_GRID
+from darts.regularizers import REGULARIZERS, ZeroOne, make_regularizer
+from darts.search import make_optimizers
+from darts.space import PRIMITIVES
+from stages.params import ParamsError, check_run, run_spec
+from stages.search import search_settings
+
+
+class FakeNet:
+    """The slice of SearchNetwork a regularizer reads: activated weights per cell type."""
+
+    def __init__(self, activation, alphas: dict[str, torch.Tensor]):
+        self.activation, self._alphas = activation, alphas
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {t: self.activation(a, torch.ones_like(a, dtype=torch.bool)) for t, a in self._alphas.items()}
+
+
+# --- FairDARTS: sigmoid activation ---------------------------------------------------------
+
+def test_sigmoid_weights_each_op_on_its_own():
+    act = Sigmoid()
+    ln3 = math.log(3.0)
+    a = torch.tensor([[ln3, 0.0, -ln3], [ln3, ln3, ln3]], dtype=torch.float64)
+    w = act(a, torch.ones_like(a, dtype=torch.bool))
+    # σ(ln 3) = 3/4, σ(0) = 1/2, σ(−ln 3) = 1/4; a row need not sum to 1 (1.5 and 2.25 here)
+    assert torch.allclose(w, torch.tensor([[0.75, 0.5, 0.25], [0.75, 0.75, 0.75]], dtype=torch.float64))
+    assert w.sum(1).tolist() == pytest.approx([1.5, 2.25])
+
+
+def test_sigmoid_space_and_start_follow_the_authors_code():
+    act = make_activation("sigmoid")
+    assert act.ops == tuple(p for p in PRIMITIVES if p != "none") and len(act.ops) == 7
+    a = act.init_alpha(14, torch.Generator().manual_seed(0))
+    assert a.shape == (14, 7) and torch.equal(a, torch.zeros(14, 7))  # every op at weight ½
+    assert not act.prunes and not act.node_norm and "sigmoid" in ACTIVATIONS
+
+
+# --- FairDARTS: zero-one loss --------------------------------------------------------------
+
+def test_zero_one_loss_value_and_gradient_by_hand():
+    w_n = torch.tensor([[0.5, 0.9]], dtype=torch.float64, requires_grad=True)
+    w_r = torch.tensor([[0.1, 0.7]], dtype=torch.float64, requires_grad=True)
+    net = FakeNet(lambda w, live: w, {"normal": w_n, "reduce": w_r})
+    pen = ZeroOne().penalty(net, progress=0.3)
+    # L01 = −(0² + 0.4² + 0.4² + 0.2²)/4 = −0.09; × w01 = 10 -> −0.9 (no ramp: progress is ignored)
+    assert pen.item() == pytest.approx(-0.9)
+    pen.backward()
+    # ∂/∂w = −10 · 2(w − ½)/4 = −5(w − ½): 0, −2, +2, −1
+    assert w_n.grad[0].tolist() == pytest.approx([0.0, -2.0])
+    assert w_r.grad[0].tolist() == pytest.approx([2.0, -1.0])
+
+
+def test_zero_one_through_the_sigmoid_by_hand():
+    ln3 = math.log(3.0)
+    a = torch.tensor([[ln3, 0.0]], dtype=torch.float64, requires_grad=True)
+    net = FakeNet(Sigmoid(), {"normal": a})
+    pen = make_regularizer("zero_one", zero_one_weight=10.0).penalty(net, 0.0)
+    # weights 3/4, 1/2: L01 = −(1/4)²/2 = −1/32; × 10 = −0.3125
+    assert pen.item() == pytest.approx(-0.3125)
+    pen.backward()
+    # ∂/∂α = −10·2(¾ − ½)/2 · σ'(ln 3) = −2.5 · (¾·¼) = −0.46875 (pushed further up); at α = 0, 0
+    assert a.grad[0].tolist() == pytest.approx([-0.46875, 0.0])
+
+
+def test_zero_one_weight_is_the_papers_and_settable():
+    assert ZeroOne().weight == 10.0 and "zero_one" in REGULARIZERS
+    assert make_regularizer("zero_one", zero_one_weight=2.5).weight == 2.5
+
+
+# --- R-DARTS (L2): the raised weight decay on w ----------------------------------------------
+
+def test_r_darts_sets_the_w_weight_decay_of_its_runs_only():
+    p = tiny_params({"DARTS": {"activation": "softmax", "schedule": "alternate", "regularization": "none"},
+                     "RL2": {"method": "r_darts_l2", "activation": "softmax", "schedule": "alternate",
+                             "regularization": "none"}})
+    base = p["search"]["w_weight_decay"]
+    cfg, _ = search_settings(p, run_spec(p, "DARTS", 0))
+    assert cfg.w_weight_decay == base == 3e-4
+    cfg, extra = search_settings(p, run_spec(p, "RL2", 0))
+    assert cfg.w_weight_decay == 81e-4 == R_DARTS_L2_GRID[-1] == 27 * base  # the top of their grid
+    p["search"]["r_darts_w_weight_decay"] = 9e-4
+    assert search_settings(p, run_spec(p, "RL2", 0))[0].w_weight_decay == 9e-4
+    assert search_settings(p, run_spec(p, "DARTS", 0))[0].w_weight_decay == base  # the others keep theirs
+    p["search"]["r_darts_w_weight_decay"] = -1e-3
+    with pytest.raises(ParamsError, match="r_darts_w_weight_decay=-0.001 is invalid"):
+        search_settings(p, run_spec(p, "RL2", 0))
+
+
+def test_r_darts_decay_enters_the_w_step_by_hand():
+    p = tiny_params({"RL2": {"method": "r_darts_l2", "activation": "softmax", "schedule": "alternate",
+                             "regularization": "none"}})
+    cfg, _ = search_settings(p, run_spec(p, "RL2", 0))
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    a = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    w_opt, _ = make_optimizers([w], [a], cfg, fast=False)
+    w.grad = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    w_opt.step()
+    # SGD's first step (momentum buffer = d): w − lr·(g + λw), lr 0.025, λ = 0.0081
+    # 1 − 0.025·(0.5 + 0.0081) = 0.9872975; −2 − 0.025·(0 − 0.0162) = −1.999595
+    assert w.tolist() == pytest.approx([0.9872975, -1.999595], abs=1e-12)
+
+
+def test_r_darts_is_a_bilevel_method_with_all_dimensions():
+    m = METHODS["r_darts_l2"]
+    assert m.trains_supernet and m.w_weight_decay_option in m.settings
+    check_run("configs.X", {"method": "r_darts_l2", "activation": "softmax", "schedule": "alternate",
+                            "regularization": "none"})
