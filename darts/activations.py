@@ -39,6 +39,8 @@ class Softmax:
     name = "softmax"
     node_norm = False
     prunes = False
+    #: a threshold rule of the method's own discretization, recorded beside Π_S's (None: none)
+    threshold: float | None = None
     #: constructor argument -> the params.search key that sets it
     options = {"init_scale": "softmax_init_scale"}
     #: the params.search key of this activation's own α weight decay (None: search.alpha_weight_decay)
@@ -68,6 +70,7 @@ class CRB:
     name = "crb"
     node_norm = True
     prunes = True
+    threshold: float | None = None
     options = {"init_noise": "crb_init_noise"}
     # paper §4.1: no α weight decay with CRB (the authors' code kept 1e-3): its own setting, default 0
     alpha_weight_decay_option: str | None = "crb_alpha_weight_decay"
@@ -123,6 +126,9 @@ class Sigmoid(Softmax):
 
     name = "sigmoid"
     options: dict[str, str] = {}
+    #: FairDARTS' discretization threshold (``--op_threshold``, σ ≥ 0.85): the discretize stage
+    #: records the cell their rule keeps (``darts.constraints.threshold_cell``) beside Π_S's
+    threshold: float | None = 0.85
 
     def __init__(self):
         self.ops = tuple(p for p in PRIMITIVES if p != "none")

@@ -120,3 +120,23 @@ def test_r_darts_is_a_bilevel_method_with_all_dimensions():
     assert m.trains_supernet and m.w_weight_decay_option in m.settings
     check_run("configs.X", {"method": "r_darts_l2", "activation": "softmax", "schedule": "alternate",
                             "regularization": "none"})
+
+
+# --- FairDARTS: their threshold rule, recorded beside Π_S -----------------------------------
+
+def test_threshold_rule_keeps_pi_s_choices_at_or_above_085_by_hand():
+    from darts.constraints import derive_cell, threshold_cell
+
+    ops = Sigmoid().ops  # max_pool, avg_pool, skip, sep3, sep5, dil3, dil5
+    w = torch.full((14, 7), 0.5, dtype=torch.float64)
+    # node 0 (rows 0–1), node 1 (rows 2–4), node 2 (rows 5–8), node 3 (rows 9–13): row r of a node = source r
+    for r, k, v in [(0, 3, 0.9), (1, 0, 0.8),        # node 0: Π_S takes both, only 0.9 passes
+                    (2, 2, 0.95), (4, 6, 0.86),      # node 1: both pass
+                    (6, 1, 0.6), (8, 5, 0.55),       # node 2: neither (the node keeps no input)
+                    (13, 4, 0.85), (9, 0, 0.7)]:     # node 3: 0.85 passes (≥), 0.7 does not
+        w[r, k] = v
+    live = torch.ones(14, 7, dtype=torch.bool)
+    assert derive_cell(w, live, ops)[:2] == [("sep_conv_3x3", 0), ("max_pool_3x3", 1)]
+    assert threshold_cell(w, live, ops, 0.85) == [("sep_conv_3x3", 2, 0), ("skip_connect", 3, 0),
+                                                  ("dil_conv_5x5", 3, 2), ("sep_conv_5x5", 5, 4)]
+    assert Sigmoid.threshold == 0.85 and ACTIVATIONS["softmax"].threshold is None
