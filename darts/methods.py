@@ -16,6 +16,10 @@ capabilities; they never compare a method's name.
   row picks the best of four searches at L2 ∈ {3, 9, 27, 81}·10⁻⁴ by validation performance (4 ×
   DARTS' cost); here one search per row, at ``search.r_darts_w_weight_decay`` (default: the top of
   their grid). README "Related-work rows".
+- ``darts_minus``: DARTS- (Chu et al. 2021, "DARTS-: robustly stepping out of performance
+  collapse without indicators"): the same bilevel search with an auxiliary skip connection on
+  every edge, outside α, scaled by β decaying linearly from 1 toward 0 over the search
+  (``network_options``: ``darts.supernet``'s ``aux_skip``).
 
 A method may add params.search keys (``settings``: key -> default, the one place the default is
 written) and name the one that replaces ``search.w_weight_decay`` for its runs
@@ -48,6 +52,8 @@ class Method:
     settings: dict[str, object] = field(default_factory=dict)
     # the key of `settings` whose value is this method's weight decay on w (None: search.w_weight_decay)
     w_weight_decay_option: str | None = None
+    # keyword options of the search network its runs build (DARTS-: {"aux_skip": True})
+    network_options: dict[str, object] = field(default_factory=dict)
 
     @property
     def trains_supernet(self) -> bool:
@@ -79,6 +85,9 @@ register_method(Method(
     "r_darts_l2", "R-DARTS (L2): the bilevel search with a raised weight decay on w (Zela et al. 2020)",
     dimensions=DIMENSIONS, settings={"r_darts_w_weight_decay": R_DARTS_L2_GRID[-1]},
     w_weight_decay_option="r_darts_w_weight_decay"))
+register_method(Method(
+    "darts_minus", "DARTS-: the bilevel search with an auxiliary skip on every edge, β from 1 to 0 (Chu et al. 2021)",
+    dimensions=DIMENSIONS, network_options={"aux_skip": True}))
 
 
 class Untrained:

@@ -196,6 +196,7 @@ class Searcher:
         if self._acc is None:
             self._acc = self._fresh_accumulators()
         acc = self._acc
+        self.net.set_progress(self.epoch / self.cfg.epochs)  # per-epoch network schedules (DARTS-' β)
         t0 = time.perf_counter()
         n_steps = self.steps_per_epoch
         for x, y in self.train_stream.epoch_batches():

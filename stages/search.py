@@ -147,7 +147,7 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
     val_stream = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=spec.seed + 1, device=device)
     g = torch.Generator().manual_seed(spec.seed)
     net = SearchNetwork(activation, C=extra["C"], n_classes=len(train_set.classes), layers=extra["layers"],
-                        generator=g).to(device)
+                        generator=g, **method.network_options).to(device)
     searcher = Searcher(net, cfg, schedule, regularizer, train_stream, val_stream)
     split = {"train_fraction": frac, "train": len(tr_idx), "val": len(va_idx)}
     val_eval = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=0, device=device, train=False)

@@ -140,3 +140,45 @@ def test_threshold_rule_keeps_pi_s_choices_at_or_above_085_by_hand():
     assert threshold_cell(w, live, ops, 0.85) == [("sep_conv_3x3", 2, 0), ("skip_connect", 3, 0),
                                                   ("dil_conv_5x5", 3, 2), ("sep_conv_5x5", 5, 4)]
     assert Sigmoid.threshold == 0.85 and ACTIVATIONS["softmax"].threshold is None
+
+
+# --- DARTS-: the auxiliary skip, outside α, β decaying linearly ------------------------------
+
+def _no_op_cell(beta: float):
+    from darts.ops import as_shared, preprocess
+    from darts.supernet import SearchCell
+
+    torch.manual_seed(0)
+    cell = SearchCell(("skip_connect",), 4, 4, 4, reduction=False, reduction_prev=False, node_norm=False,
+                      aux_skip=True).double().eval()  # eval: BN at running stats, a fixed map
+    s0, s1 = torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    w = torch.zeros(14, 1, dtype=torch.float64)
+    out = cell(s0, s1, w, [[] for _ in range(14)], torch.tensor(beta, dtype=torch.float64))
+    p = preprocess(cell.pre0, as_shared(s0)) + preprocess(cell.pre1, as_shared(s1))
+    return out, p
+
+
+def test_aux_skip_alone_gives_the_hand_worked_node_sums():
+    out, p = _no_op_cell(0.5)
+    # no op is live, so each node is β·(sum of its inputs) through the auxiliary skips only:
+    # n0 = β(p0+p1) = 0.5P; n1 = β(p0+p1+n0) = 0.5·1.5P = 0.75P; n2 = 0.5(1+0.5+0.75)P = 1.125P;
+    # n3 = 0.5(1+0.5+0.75+1.125)P = 1.6875P, with P = pre0(s0) + pre1(s1)
+    for i, f in enumerate((0.5, 0.75, 1.125, 1.6875)):
+        assert torch.allclose(out[:, 4 * i:4 * (i + 1)], f * p, atol=1e-12)
+    out0, _ = _no_op_cell(0.0)
+    assert torch.count_nonzero(out0) == 0  # β = 0: the branch is gone, as at the end of DARTS-
+
+
+def test_beta_decays_linearly_per_epoch_and_only_with_the_option():
+    from darts.supernet import SearchNetwork
+
+    net = SearchNetwork(make_activation("softmax"), C=4, n_classes=3, layers=3, aux_skip=True)
+    assert net.aux_beta.item() == 1.0  # the start of the search
+    for epoch, beta in [(0, 1.0), (1, 0.75), (2, 0.5), (3, 0.25)]:  # epochs = 4: 1 − e/4
+        net.set_progress(epoch / 4)
+        assert net.aux_beta.item() == beta
+    plain = SearchNetwork(make_activation("softmax"), C=4, n_classes=3, layers=3)
+    plain.set_progress(0.5)
+    assert "aux_beta" not in plain.state_dict() and not any(".aux." in k for k in plain.state_dict())
+    assert not any(n.startswith("alpha") for n, _ in net.named_parameters() if ".aux." in n)  # outside α
+    assert METHODS["darts_minus"].network_options == {"aux_skip": True}
