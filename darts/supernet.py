@@ -270,7 +270,7 @@ class SearchNetwork(nn.Module):
 
     @torch.no_grad()
     def prune(self) -> dict[str, torch.Tensor] | None:
-        """Apply the activation's pruning after an α update; returns the newly pruned masks (on
+        """Apply the activation's box (NASP) and pruning (CRB) after an α update; returns the newly pruned masks (on
         α's device: nothing is read back), or None when the activation never prunes.
 
         The ops to skip are then renewed from a host copy of the live masks: at once on a CPU;
@@ -278,6 +278,9 @@ class SearchNetwork(nn.Module):
         is still computed at weight exactly 0: it adds exact zeros to its node and gets zero
         gradients, so the results are the same, for a little more work and no sync.
         """
+        if self.activation.box is not None:  # NASP's prox_C2: α back into its box
+            for a in self.alphas().values():
+                a.data.clamp_(*self.activation.box)
         if not self.activation.prunes:
             return None
         newly = self.activation.prune_all({t: a.data for t, a in self.alphas().items()}, self.live())

@@ -163,7 +163,7 @@ def scale(name: str = typer.Argument(..., help="quick | cifar-cpu | paper"), par
                                              help="timed steps of each kind, after a warm-up"),
           related: Optional[bool] = typer.Option(
               None, "--related/--no-related",
-              help="the related-work rows (stages/sets/related.yaml: R-DARTS (L2), FairDARTS, DARTS-); "
+              help="the related-work rows (stages/sets/related.yaml: R-DARTS (L2), FairDARTS, DARTS-, NASP); "
                    "default: the preset's (paper: on; quick, cifar-cpu: off)")) -> None:
     """Switch params.yaml to a scale preset; then print what `dvc repro` costs on this device, from measured steps."""
     from . import scales as stage

@@ -38,7 +38,8 @@ def run(search_dir: str, out: str) -> dict:
     if tie_break not in TIE_BREAKS:
         raise ParamsError(f"{path} records tie_break={tie_break!r}; valid: {', '.join(TIE_BREAKS)}")
     state = saved["state"]
-    weights = {t: activation(state[f"alpha_{t}"], state[f"live_{t}"]) for t in ("normal", "reduce")}
+    # what Π_S reads: the activated α (NASP: the continuous α, not its one-hot forward)
+    weights = {t: activation.for_projection(state[f"alpha_{t}"], state[f"live_{t}"]) for t in ("normal", "reduce")}
     live = {t: state[f"live_{t}"] for t in ("normal", "reduce")}
     raw = {t: tie_key(state[f"alpha_{t}"], tie_break) for t in ("normal", "reduce")}
     genotype = derive_genotype(weights, live, tuple(saved["ops"]), raw)

@@ -182,3 +182,36 @@ def test_beta_decays_linearly_per_epoch_and_only_with_the_option():
     assert "aux_beta" not in plain.state_dict() and not any(".aux." in k for k in plain.state_dict())
     assert not any(n.startswith("alpha") for n, _ in net.named_parameters() if ".aux." in n)  # outside α
     assert METHODS["darts_minus"].network_options == {"aux_skip": True}
+
+
+# --- NASP: forward through ā = prox_C1(α), gradient to α, α clipped into [0, 1] -------------
+
+def test_nasp_forward_is_one_hot_and_the_gradient_goes_straight_to_alpha():
+    from darts.activations import Proximal
+
+    a = torch.tensor([[0.2, 0.7, 0.5], [0.9, 0.1, 0.3]], dtype=torch.float64, requires_grad=True)
+    w = Proximal()(a, torch.ones(2, 3, dtype=torch.bool))
+    assert w.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]  # exactly ā: each edge's largest α
+    c = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64)
+    (c * w).sum().backward()
+    assert a.grad.tolist() == c.tolist()  # ∂L/∂α = ∂L/∂ā (also for the ops ā leaves out)
+    assert torch.equal(Proximal().for_projection(a.detach(), None), a.detach())  # Π_S reads α
+
+
+def test_nasp_alpha_is_clipped_into_its_box_after_a_step():
+    from darts.supernet import SearchNetwork
+
+    net = SearchNetwork(make_activation("nasp"), C=4, n_classes=3, layers=3)
+    a0 = net.alpha_normal.detach()
+    assert a0.shape == (14, 8) and (a0 - 0.5).abs().max() < 0.01  # ½ + 10⁻³·N(0, 1)
+    with torch.no_grad():
+        net.alpha_normal[0, :3] = torch.tensor([1.2, -0.3, 0.4])
+        net.alpha_reduce[5, 7] = 7.0
+    assert net.prune() is None  # nothing pruned, but prox_C2 applied
+    assert net.alpha_normal[0, :3].tolist() == pytest.approx([1.0, 0.0, 0.4])
+    assert net.alpha_reduce[5, 7].item() == 1.0
+    soft = SearchNetwork(make_activation("softmax"), C=4, n_classes=3, layers=3)
+    with torch.no_grad():
+        soft.alpha_normal[0, 0] = 3.0
+    soft.prune()
+    assert soft.alpha_normal[0, 0].item() == 3.0  # no box: untouched
