@@ -160,11 +160,15 @@ def scale(name: str = typer.Argument(..., help="quick | cifar-cpu | paper"), par
           estimate: bool = typer.Option(True, "--estimate/--no-estimate",
                                         help="time a few steps at the new sizes; print what the study costs here"),
           estimate_steps: int = typer.Option(2, "--estimate-steps", min=1,
-                                             help="timed steps of each kind, after a warm-up")) -> None:
+                                             help="timed steps of each kind, after a warm-up"),
+          related: Optional[bool] = typer.Option(
+              None, "--related/--no-related",
+              help="the related-work rows (stages/sets/related.yaml: R-DARTS (L2), FairDARTS, DARTS-, NASP); "
+                   "default: the preset's (paper: on; quick, cifar-cpu: off)")) -> None:
     """Switch params.yaml to a scale preset; then print what `dvc repro` costs on this device, from measured steps."""
     from . import scales as stage
 
-    new = _guard(stage.apply, name, params, dataset, root)
+    new = _guard(stage.apply, name, params, dataset, root, None if related is None else {"related": related})
     typer.echo(f"params.yaml now at the {name!r} scale; run `dvc repro`")
     if estimate:
         typer.echo("timing a few steps of each network at these sizes (skip with --no-estimate)...")
