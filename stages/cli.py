@@ -209,7 +209,7 @@ def study_run(jobs: int = typer.Option(1, "--jobs", "-j", help="chains run at on
 def study_collect(params: str = PARAMS) -> None:
     """Restore every shard's runs from the default DVC remote's run-cache (none is computed
     here), then write Table 1, the claims and the figures. Names the missing chains, exit 1."""
-    from . import study as stage
+    from . import shard as stage
 
     raise typer.Exit(_guard(stage.collect, params))
 
@@ -240,7 +240,7 @@ def study_submit(executor: str = typer.Option(..., "--executor", help="slurm | l
 
 
 #: the commands that compute a run; `darts study collect` sets DARTS_RESTORE_ONLY (its name is
-#: stages.study.RESTORE_ONLY_ENV, not imported here: stages.study imports torch) and they refuse
+#: stages.chains.RESTORE_ONLY_ENV, not imported here: kept free of the stage modules) and they refuse
 RUN_COMMANDS = ("search", "discretize", "retrain", "test")
 
 

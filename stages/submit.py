@@ -36,7 +36,8 @@ import submitit
 
 from .params import ParamsError, load_params
 from .progress import _fmt_seconds as fmt_seconds
-from .study import SETUP_STAGES, _check_params_path, _dvc, collect, default_remote, eta_seconds, shard_chains, study_chains
+from .chains import SETUP_STAGES, check_params_path, dvc, eta_seconds, study_chains
+from .shard import collect, default_remote, shard_chains
 
 EXECUTORS = ("slurm", "local")
 #: requeues after a time limit before submitit gives up on a task (preemptions do not count);
@@ -195,7 +196,7 @@ def submit(params_path: str, opts: SubmitOptions, wait: bool = True, out=None, l
     """Submit the array; with `wait`, follow it and collect Table 1 at the end. (exit code, jobs)."""
     out = out or sys.stderr
     say = lambda text: (out.write(text + "\n"), out.flush())  # noqa: E731
-    _check_params_path(params_path)
+    check_params_path(params_path)
     root = Path.cwd().resolve()
     checkpoint_dir = Path(os.environ.get("DARTS_CHECKPOINT_DIR", ".checkpoints")).resolve()
     if opts.executor == "slurm" and shutil.which("sbatch") is None:
@@ -206,7 +207,7 @@ def submit(params_path: str, opts: SubmitOptions, wait: bool = True, out=None, l
     # once, here: the tasks share this clone, and a `dvc repro` of these stages in each task
     # would collide with the others' running chains (stages.study.run, setup=False)
     say(f"[submit] checking params and preparing data ({', '.join(SETUP_STAGES)}) once for every task")
-    done = _dvc(["repro", "--pull", *SETUP_STAGES], dict(os.environ, DVC_NO_ANALYTICS="1"))
+    done = dvc(["repro", "--pull", *SETUP_STAGES], dict(os.environ, DVC_NO_ANALYTICS="1"))
     if done.returncode != 0:
         say(done.stdout.rstrip())
         say("[submit] nothing submitted: fix the error above")
