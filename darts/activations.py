@@ -18,13 +18,27 @@ synchronisation on a GPU. The newly pruned masks come back as device tensors; th
 history queues them with its other records, and the supernet learns which ops to skip
 from a host copy of the masks that arrives asynchronously (``darts.supernet``).
 Softmax never prunes and returns None.
+
+`sigmoid` is FairDARTS' (Chu et al. 2020, "Fair DARTS: eliminating unfair advantages in
+differentiable architecture search"): σ(α) for each op on its own, so ops no longer compete
+for one share of the edge (the "exclusive competition" they blame for skip-connection
+collapse); their search space drops `none` (7 ops) and starts α at 0 (all weights ½).
+Its partner is the zero-one loss (``darts.regularizers.ZeroOne``).
+
+`nasp` is NASP's proximal iteration (Yao et al. 2020, "Efficient neural architecture search
+via proximal iterations"): the network runs forward and backward through the discretized
+architecture ā = prox_C1(α), each edge's largest α set to 1 and the others to 0, while the
+continuous α takes that gradient (∂L/∂α := ∂L/∂ā) and is kept in its box C2 = [0, 1] after
+every step (prox_C2, a clip: the activation's ``box``, applied by the network after the
+α update). Π_S reads the continuous α (``for_projection``), not the one-hot ā.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .constraints import best_ops, candidate_edges_per_node, rank_in_node
-from .space import search_ops
+from .space import PRIMITIVES, search_ops
 
 
 class Softmax:
@@ -33,6 +47,10 @@ class Softmax:
     name = "softmax"
     node_norm = False
     prunes = False
+    #: a threshold rule of the method's own discretization, recorded beside Π_S's (None: none)
+    threshold: float | None = None
+    #: the box α is clipped into after each α update (NASP's prox_C2); None: α is left as stepped
+    box: tuple[float, float] | None = None
     #: constructor argument -> the params.search key that sets it
     options = {"init_scale": "softmax_init_scale"}
     #: the params.search key of this activation's own α weight decay (None: search.alpha_weight_decay)
@@ -48,6 +66,10 @@ class Softmax:
     def __call__(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         return torch.softmax(alpha, dim=-1)
 
+    def for_projection(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """The op weights Π_S (the genotype, the tie count) reads: the activated α itself."""
+        return self(alpha, live)
+
     def prune(self, alpha: torch.Tensor, live: torch.Tensor) -> None:
         """Nothing to prune: None rather than an all-false mask, which would cost a sync to read."""
 
@@ -62,6 +84,8 @@ class CRB:
     name = "crb"
     node_norm = True
     prunes = True
+    threshold: float | None = None
+    box: tuple[float, float] | None = None
     options = {"init_noise": "crb_init_noise"}
     # paper §4.1: no α weight decay with CRB (the authors' code kept 1e-3): its own setting, default 0
     alpha_weight_decay_option: str | None = "crb_alpha_weight_decay"
@@ -73,6 +97,9 @@ class CRB:
     def init_alpha(self, n_edges: int, generator: torch.Generator) -> torch.Tensor:
         k = len(self.ops)
         return 1.0 / k + self.init_noise * torch.randn(n_edges, k, generator=generator)
+
+    def for_projection(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        return self(alpha, live)
 
     def __call__(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         # clamp(α, 0, 1) with gradient 1 on the closed interval [0, 1]: torch's clamp passes
@@ -108,10 +135,61 @@ def _rescue(alpha: torch.Tensor, live: torch.Tensor, newly: torch.Tensor, ops: t
     return best_op & (dying & (rank_in_node(best_val, dying) < short))[:, None]
 
 
-ACTIVATIONS = {"softmax": Softmax, "crb": CRB}
+class Sigmoid(Softmax):
+    """FairDARTS: σ(α) per op, independently (no sum-to-one across an edge's ops); nothing pruned.
+
+    Ops: the DARTS list without `none`, as in the authors' code (a `none` op whose weight need
+    not shrink when others grow would only add zeros). α starts at exactly 0, as there
+    (``torch.zeros``): every op at weight ½, the symmetry broken by the data's gradients."""
+
+    name = "sigmoid"
+    options: dict[str, str] = {}
+    #: FairDARTS' discretization threshold (``--op_threshold``, σ ≥ 0.85): the discretize stage
+    #: records the cell their rule keeps (``darts.constraints.threshold_cell``) beside Π_S's
+    threshold: float | None = 0.85
+
+    def __init__(self):
+        self.ops = tuple(p for p in PRIMITIVES if p != "none")
+
+    def init_alpha(self, n_edges: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.zeros(n_edges, len(self.ops))
+
+    def __call__(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(alpha)
 
 
-def make_activation(name: str, **kwargs) -> Softmax | CRB:
+class Proximal(Softmax):
+    """NASP: the forward uses ā = one-hot(argmax α) per edge (ties: the lower op index), the
+    backward passes ∂L/∂ā to α unchanged (straight through), α lives in [0, 1] (``box``).
+
+    Ops: DARTS' 8, `none` included, and α starts at ½ + 10⁻³·N(0, 1), as in the NASP code
+    that nasbench-1shot1 carries (``torch.ones/2 + 1e-3*torch.randn``; ``Hardtanh(0, 1)`` clip).
+    Unselected ops are still computed at weight 0 (same values and gradients as NASP's
+    forward, not its speed)."""
+
+    name = "nasp"
+    options: dict[str, str] = {}
+    box: tuple[float, float] | None = (0.0, 1.0)
+
+    def __init__(self):
+        self.ops = PRIMITIVES
+
+    def init_alpha(self, n_edges: int, generator: torch.Generator) -> torch.Tensor:
+        return 0.5 + 1e-3 * torch.randn(n_edges, len(self.ops), generator=generator)
+
+    def __call__(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        hard = F.one_hot(alpha.argmax(dim=-1), alpha.shape[-1]).to(alpha.dtype)
+        return hard + (alpha - alpha.detach())  # value: exactly ā; gradient: to α as is
+
+    def for_projection(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """Π_S ranks edges and ops by the continuous α (the one-hot ā would tie every edge)."""
+        return alpha
+
+
+ACTIVATIONS = {"softmax": Softmax, "crb": CRB, "sigmoid": Sigmoid, "nasp": Proximal}
+
+
+def make_activation(name: str, **kwargs) -> Softmax | CRB | Sigmoid | Proximal:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name](**kwargs)

@@ -202,6 +202,21 @@ def derive_cell(weights: torch.Tensor, live: torch.Tensor, ops: tuple[str, ...],
     return [(ops[k], e[r][1]) for r, k in choose_edges(weights, live, ops, raw)]
 
 
+def threshold_cell(weights: torch.Tensor, live: torch.Tensor, ops: tuple[str, ...], threshold: float,
+                   raw: torch.Tensor | None = None) -> list[tuple[str, int, int]]:
+    """FairDARTS' ``threshold_sparse`` reading of one cell: of Π_S's two edges per node (the
+    same ranking), keep an edge's best op only if its activated weight is ≥ ``threshold``.
+    Returns (op, node state, source state) triples, the authors' form: a node may keep 0, 1 or
+    2 inputs, which is outside S, so this is recorded beside the genotype, not retrained."""
+    from .space import edges
+
+    e = edges()
+    w = weights.detach().to("cpu", torch.float64)
+    return [(ops[k], N_INPUTS + node, e[r][1])
+            for node, (r, k) in ((i // 2, rk) for i, rk in enumerate(choose_edges(weights, live, ops, raw)))
+            if float(w[r, k]) >= threshold]
+
+
 def derive_genotype(weights: dict[str, torch.Tensor], live: dict[str, torch.Tensor],
                     ops: tuple[str, ...], raw: dict[str, torch.Tensor | None] | None = None) -> Genotype:
     """Both cells' genotype; ``raw`` (per cell type, or None: index rule) orders ties."""

@@ -20,9 +20,9 @@ from .figures import FORMATS, note_figure, overlap_groups, save, spread_labels
 
 #: colours of the categories of each paper dimension (the same in every figure)
 CATEGORY_COLORS = {
-    "activation": {"softmax": "#1f77b4", "crb": "#ff7f0e"},
+    "activation": {"softmax": "#1f77b4", "crb": "#ff7f0e", "sigmoid": "#2ca02c", "nasp": "#d62728"},
     "schedule": {"alternate": "#1f77b4", "constant": "#2ca02c", "fimt": "#d62728"},
-    "regularization": {"none": "#7f7f7f", "pr": "#9467bd", "admm": "#8c564b"},
+    "regularization": {"none": "#7f7f7f", "pr": "#9467bd", "admm": "#8c564b", "zero_one": "#e377c2"},
 }
 LITERATURE_COLOR = "#555555"
 

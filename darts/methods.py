@@ -11,6 +11,19 @@ capabilities; they never compare a method's name.
 - ``random``: the random-sampling baseline (Li & Talwalkar 2019; Yang et al. 2020): a genotype
   drawn uniformly from S by ``darts.sampling``, then the same discretize → retrain → test.
   It takes no search step, so its search cost is zero.
+- ``r_darts_l2``: R-DARTS (L2) (Zela et al. 2020, "Understanding and robustifying DARTS"): the
+  same bilevel search with a stronger L2 (weight decay) on w, the inner objective. Their reported
+  row picks the best of four searches at L2 ∈ {3, 9, 27, 81}·10⁻⁴ by validation performance (4 ×
+  DARTS' cost); here one search per row, at ``search.r_darts_w_weight_decay`` (default: the top of
+  their grid). README "Related-work rows".
+- ``darts_minus``: DARTS- (Chu et al. 2021, "DARTS-: robustly stepping out of performance
+  collapse without indicators"): the same bilevel search with an auxiliary skip connection on
+  every edge, outside α, scaled by β decaying linearly from 1 toward 0 over the search
+  (``network_options``: ``darts.supernet``'s ``aux_skip``).
+
+A method may add params.search keys (``settings``: key -> default, the one place the default is
+written) and name the one that replaces ``search.w_weight_decay`` for its runs
+(``w_weight_decay_option``), as an activation names its own α weight decay.
 """
 from __future__ import annotations
 
@@ -35,6 +48,12 @@ class Method:
     # None: a supernet is trained by the bilevel Searcher. Else: how α is set instead, as
     # f(supernet, seed); the search then takes no step and costs nothing.
     set_alpha: Callable | None = None
+    # params.search keys this method adds -> their defaults (validated and hashed like the others)
+    settings: dict[str, object] = field(default_factory=dict)
+    # the key of `settings` whose value is this method's weight decay on w (None: search.w_weight_decay)
+    w_weight_decay_option: str | None = None
+    # keyword options of the search network its runs build (DARTS-: {"aux_skip": True})
+    network_options: dict[str, object] = field(default_factory=dict)
 
     @property
     def trains_supernet(self) -> bool:
@@ -59,6 +78,16 @@ register_method(Method(
     dimensions=(), optional=(),
     fixed={"activation": "softmax", "schedule": "none", "regularization": "none", "order": 1},
     set_alpha=draw_alpha))
+#: R-DARTS (L2): their grid of L2 factors on w is {3, 9, 27, 81}·10⁻⁴ (3·10⁻⁴ is DARTS'); one search
+#: here takes the strongest, 81·10⁻⁴ = 27 × DARTS (see the module docstring for the selection step)
+R_DARTS_L2_GRID = (3e-4, 9e-4, 27e-4, 81e-4)
+register_method(Method(
+    "r_darts_l2", "R-DARTS (L2): the bilevel search with a raised weight decay on w (Zela et al. 2020)",
+    dimensions=DIMENSIONS, settings={"r_darts_w_weight_decay": R_DARTS_L2_GRID[-1]},
+    w_weight_decay_option="r_darts_w_weight_decay"))
+register_method(Method(
+    "darts_minus", "DARTS-: the bilevel search with an auxiliary skip on every edge, β from 1 to 0 (Chu et al. 2021)",
+    dimensions=DIMENSIONS, network_options={"aux_skip": True}))
 
 
 class Untrained:

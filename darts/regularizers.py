@@ -107,15 +107,43 @@ class ADMM:
         self.z, self.u, self.alpha_steps = dict(d["z"]), dict(d["u"]), int(d["alpha_steps"])
 
 
-REGULARIZERS = ("none", "pr", "admm")
+class ZeroOne(NoRegularizer):
+    """FairDARTS' zero-one loss (Chu et al. 2020, eq. 5): w01 · L01 with
+    L01 = −(1/N)·Σᵢ (σ(αᵢ) − ½)², the mean over all N op weights of both cell types.
+
+    With the sigmoid activation each op weight is on its own in (0, 1); L01 pushes every one
+    away from ½ toward 0 or 1, so the supernet's weights say "in" or "out" before Π_S reads
+    them (the discretization gap the paper's PR/ADMM also target). The authors' code computes
+    it as −mse(cat(σ(α_normal), σ(α_reduce)), ½) with weight 10 (``--aux_loss_weight``), the
+    paper's w01 = 10 for CIFAR-10; it reads the activated weights of the network, whatever the
+    activation, and has no state. Unlike PR, no ramp: the weight is constant over the search.
+    """
+
+    name = "zero_one"
+    #: params.search keys it adds -> defaults (the one place they are written)
+    settings = {"zero_one_weight": 10.0}
+
+    def __init__(self, weight: float = settings["zero_one_weight"]):
+        self.weight = weight
+
+    def penalty(self, net, progress: float) -> torch.Tensor:
+        w = torch.cat([w.reshape(-1) for w in net.weights().values()])
+        return -self.weight * ((w - 0.5) ** 2).mean()
+
+
+#: every regularizer by its params name (what `search.regularization` may say)
+REGULARIZER_TYPES = {"none": NoRegularizer, "pr": Proximity, "admm": ADMM, "zero_one": ZeroOne}
+REGULARIZERS = tuple(REGULARIZER_TYPES)
 
 
 def make_regularizer(name: str, rho_pr: float = 0.1, rho_admm: float = 0.1, admm_n: int = 10,
-                     admm_discount: float = 0.8):
+                     admm_discount: float = 0.8, zero_one_weight: float = ZeroOne.settings["zero_one_weight"]):
     if name == "none":
         return NoRegularizer()
     if name == "pr":
         return Proximity(rho=rho_pr)
     if name == "admm":
         return ADMM(rho=rho_admm, n=admm_n, discount=admm_discount)
+    if name == "zero_one":
+        return ZeroOne(weight=zero_one_weight)
     raise ValueError(f"unknown regularization {name!r}; valid: {', '.join(REGULARIZERS)}")

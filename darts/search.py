@@ -196,6 +196,7 @@ class Searcher:
         if self._acc is None:
             self._acc = self._fresh_accumulators()
         acc = self._acc
+        self.net.set_progress(self.epoch / self.cfg.epochs)  # per-epoch network schedules (DARTS-' β)
         t0 = time.perf_counter()
         n_steps = self.steps_per_epoch
         for x, y in self.train_stream.epoch_batches():
@@ -297,6 +298,6 @@ def final_ties(net: SearchNetwork, tie_break: str) -> dict[str, dict[str, int]]:
     """Per cell type, how many of Π_S's choices at the network's current α a tie of activated
     values decided under rule ``tie_break`` (``darts.constraints.count_ties``): the record
     that tells whether the genotype rests on CRB's frozen ties at 1.0."""
-    live = net.live()
-    return {t: count_ties(w.detach(), live[t], net.ops, tie_key(net.alphas()[t].detach(), tie_break))
-            for t, w in net.weights().items()}
+    live, alphas = net.live(), net.alphas()
+    return {t: count_ties(net.activation.for_projection(a.detach(), live[t]), live[t], net.ops,
+                          tie_key(a.detach(), tie_break)) for t, a in alphas.items()}

@@ -7,6 +7,12 @@ computes the ops of a host list of live op indices per edge, so pruned ops and `
 cost nothing. After an α step that list is renewed from a host copy of the masks
 (``darts.hostcopy``), made at once on a CPU and asynchronously on a GPU, so neither the
 forward nor the pruning syncs.
+
+``aux_skip`` (DARTS-, Chu et al. 2021) adds an auxiliary skip connection to every edge,
+outside α: edge output Σ_k w_k·op_k(x) + β·skip(x), skip being the identity (or, on a
+stride-2 edge, the factorized reduction, as DARTS' `skip_connect`). β is a buffer the search
+sets from its progress (:meth:`SearchNetwork.set_progress`): 1 − epoch/epochs, their linear
+decay from 1 toward 0. The auxiliary branch is search-only: Π_S and the genotype ignore it.
 """
 from __future__ import annotations
 
@@ -114,7 +120,7 @@ def op_groups(ops: tuple[str, ...]) -> list[list[int]]:
 
 class SearchCell(nn.Module):
     def __init__(self, ops: tuple[str, ...], c_pp: int, c_p: int, c: int, reduction: bool,
-                 reduction_prev: bool, node_norm: bool):
+                 reduction_prev: bool, node_norm: bool, aux_skip: bool = False):
         super().__init__()
         self.reduction = reduction
         self.channels = c
@@ -124,13 +130,16 @@ class SearchCell(nn.Module):
             MixedEdge(ops, c, 2 if reduction and src < N_INPUTS else 1) for _, src in edges()
         )
         self.op_groups = op_groups(ops)
+        # DARTS-: one skip per edge outside α (module docstring); None: no auxiliary branch
+        self.aux = nn.ModuleList(build_op("skip_connect", c, 2 if reduction and src < N_INPUTS else 1, search=True)
+                                 for _, src in edges()) if aux_skip else None
         # CRB: the edge weights no longer sum to 1, so each node sum is renormalised
         self.node_bn = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for _ in range(N_NODES)) if node_norm else None
         self.packs = PackCache()  # batched ops' packed weights (SearchNetwork.reusing_packs)
         self._plan_cache: tuple | None = None  # (live ops key, plan): see _plan
 
     def forward(self, s0: torch.Tensor | Shared, s1: torch.Tensor | Shared, w: torch.Tensor,
-                live_idx: list[list[int]]) -> torch.Tensor:
+                live_idx: list[list[int]], beta: torch.Tensor | None = None) -> torch.Tensor:
         """Source by source: once a state exists, every edge leaving it is computed, one op
         family (:func:`op_groups`) of all those edges as one (``darts.edgebatch``) where that pays. Each node
         still sums its inputs in (source, op) order, as an edge-by-edge pass would."""
@@ -157,6 +166,11 @@ class SearchCell(nn.Module):
                     for op, (i, node) in zip(ops, live):
                         new = op.mixed(src, scales[i], totals[node], owned[node])
                         totals[node], owned[node] = new, totals[node] is not None
+            if self.aux is not None:  # DARTS-: + β·skip(x) on every edge leaving this state
+                b = beta.expand(self.channels)
+                for row, node in OUT_EDGES[j]:
+                    new = self.aux[row].mixed(src, b, totals[node], owned[node])
+                    totals[node], owned[node] = new, totals[node] is not None
         states.append(Shared(self._finish_node(N_NODES - 1, totals[-1], states[1].x)))
         out = torch.cat([s.x for s in states[N_INPUTS:]], dim=1)
         if out.requires_grad and out.device.type == "cpu":
@@ -201,10 +215,12 @@ class SearchNetwork(nn.Module):
     """The DARTS supernet: stem, `layers` cells (reductions at 1/3 and 2/3), classifier."""
 
     def __init__(self, activation, C: int = 16, n_classes: int = 10, layers: int = 8,
-                 stem_multiplier: int = 3, generator: torch.Generator | None = None, in_channels: int = 3):
+                 stem_multiplier: int = 3, generator: torch.Generator | None = None, aux_skip: bool = False,
+                 in_channels: int = 3):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"SearchNetwork takes 1 (gray) or 3 (RGB) input channels, got {in_channels}")
+        self.aux_skip = aux_skip
         self.activation = activation
         self.ops: tuple[str, ...] = tuple(activation.ops)
         self.layers = layers
@@ -217,7 +233,8 @@ class SearchNetwork(nn.Module):
             reduction = i in reduction_layers(layers)
             if reduction:
                 c_curr *= 2
-            self.cells.append(SearchCell(self.ops, c_pp, c_p, c_curr, reduction, reduction_prev, activation.node_norm))
+            self.cells.append(SearchCell(self.ops, c_pp, c_p, c_curr, reduction, reduction_prev, activation.node_norm,
+                                         aux_skip))
             reduction_prev = reduction
             c_pp, c_p = c_p, N_NODES * c_curr
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -227,7 +244,15 @@ class SearchNetwork(nn.Module):
         for t in CELL_TYPES:
             self.register_parameter(f"alpha_{t}", nn.Parameter(activation.init_alpha(n_edges, g)))
             self.register_buffer(f"live_{t}", torch.ones(n_edges, len(self.ops), dtype=torch.bool))
+        if aux_skip:  # only then: a network without the branch keeps its state_dict keys
+            self.register_buffer("aux_beta", torch.ones(()))
         self.refresh_live()
+
+    def set_progress(self, progress: float) -> None:
+        """Told by the search at each epoch's start (progress = epoch/epochs): DARTS-' β = 1 −
+        progress, linear from 1 toward 0 as in the authors' code (per epoch); nothing otherwise."""
+        if self.aux_skip:
+            self.aux_beta.fill_(1.0 - progress)
 
     # --- architecture state -------------------------------------------------------
     def alphas(self) -> dict[str, nn.Parameter]:
@@ -248,7 +273,7 @@ class SearchNetwork(nn.Module):
 
     @torch.no_grad()
     def prune(self) -> dict[str, torch.Tensor] | None:
-        """Apply the activation's pruning after an α update; returns the newly pruned masks (on
+        """Apply the activation's box (NASP) and pruning (CRB) after an α update; returns the newly pruned masks (on
         α's device: nothing is read back), or None when the activation never prunes.
 
         The ops to skip are then renewed from a host copy of the live masks: at once on a CPU;
@@ -256,6 +281,9 @@ class SearchNetwork(nn.Module):
         is still computed at weight exactly 0: it adds exact zeros to its node and gets zero
         gradients, so the results are the same, for a little more work and no sync.
         """
+        if self.activation.box is not None:  # NASP's prox_C2: α back into its box
+            for a in self.alphas().values():
+                a.data.clamp_(*self.activation.box)
         if not self.activation.prunes:
             return None
         newly = self.activation.prune_all({t: a.data for t, a in self.alphas().items()}, self.live())
@@ -303,7 +331,7 @@ class SearchNetwork(nn.Module):
         s0 = s1 = Shared(self.stem(to_fast_layout(x)))  # channels-last on CPU from the stem on
         for cell in self.cells:  # Shared: the next two cells preprocess one relu(state)
             t = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, Shared(cell(s0, s1, w[t], self._live_idx[t]))
+            s0, s1 = s1, Shared(cell(s0, s1, w[t], self._live_idx[t], self.aux_beta if self.aux_skip else None))
         return self.classifier(self.pool(s1.x).flatten(1))
 
 

@@ -166,11 +166,15 @@ def scale(name: str = typer.Argument(..., help="quick | cifar-cpu | paper"), par
           estimate: bool = typer.Option(True, "--estimate/--no-estimate",
                                         help="time a few steps at the new sizes; print what the study costs here"),
           estimate_steps: int = typer.Option(2, "--estimate-steps", min=1,
-                                             help="timed steps of each kind, after a warm-up")) -> None:
+                                             help="timed steps of each kind, after a warm-up"),
+          related: Optional[bool] = typer.Option(
+              None, "--related/--no-related",
+              help="the related-work rows (stages/sets/related.yaml: R-DARTS (L2), FairDARTS, DARTS-, NASP); "
+                   "default: the preset's (paper: on; quick, cifar-cpu: off)")) -> None:
     """Switch params.yaml to a scale preset; then print what `dvc repro` costs on this device, from measured steps."""
     from . import scales as stage
 
-    new = _guard(stage.apply, name, params, dataset, root)
+    new = _guard(stage.apply, name, params, dataset, root, None if related is None else {"related": related})
     typer.echo(f"params.yaml now at the {name!r} scale; run `dvc repro`")
     if estimate:
         typer.echo("timing a few steps of each network at these sizes (skip with --no-estimate)...")
@@ -192,25 +196,57 @@ def study_run(jobs: int = typer.Option(1, "--jobs", "-j", help="chains run at on
                                                   help="I/N: run only shard I of N (chain k of the study's order "
                                                        "goes to shard k mod N + 1), then push its runs and the "
                                                        "run-cache to the default DVC remote; no Table 1 (see "
-                                                       "`darts study collect`)")) -> None:
+                                                       "`darts study collect`)"),
+              stage_server: bool = typer.Option(True, "--stage-server/--no-stage-server",
+                                                help="run the stages as forks of one process that has imported "
+                                                     "torch once (stages/stageserver.py), not as fresh Pythons"),
+              setup: bool = typer.Option(True, "--setup/--no-setup", hidden=True,
+                                         help="--no-setup: check-params and prepare-split are up to date "
+                                              "(`darts study submit`'s tasks, sharing one clone)")) -> None:
     """Run every config × seed chain (and the variant chain) in parallel through DVC, then
     Table 1 and the figures. A rerun resumes; `dvc status` is clean afterwards."""
     from . import study as stage
 
-    raise typer.Exit(_guard(stage.run, params, jobs, devices, shard=shard))
+    raise typer.Exit(_guard(stage.run, params, jobs, devices, shard=shard, setup=setup,
+                            stage_server=stage_server))
 
 
 @study_app.command("collect")
 def study_collect(params: str = PARAMS) -> None:
     """Restore every shard's runs from the default DVC remote's run-cache (none is computed
     here), then write Table 1, the claims and the figures. Names the missing chains, exit 1."""
-    from . import study as stage
+    from . import shard as stage
 
     raise typer.Exit(_guard(stage.collect, params))
 
 
+@study_app.command("submit")
+def study_submit(executor: str = typer.Option(..., "--executor", help="slurm | local (local processes, "
+                                              "submitit's stand-in for a cluster)"),
+                 partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition"),
+                 gpus_per_job: str = typer.Option("1", "--gpus-per-job", help="GPUs per task (0 = CPU); a task "
+                                                  "with G > 1 runs G chains at once, one per GPU"),
+                 cpus_per_job: str = typer.Option("1", "--cpus-per-job", help="CPU cores per task, split between "
+                                                  "its chains (DARTS_THREADS)"),
+                 parallel: Optional[str] = typer.Option(None, "--parallel", help="Slurm: array tasks running at "
+                                                        "once (default all); local: the number of tasks (default "
+                                                        "1), each a round-robin shard of the chains"),
+                 hours: str = typer.Option("24", "--time", help="time limit per task in hours; a task stopped "
+                                           "by it (or preempted) checkpoints and is requeued"),
+                 wait: bool = typer.Option(True, "--wait/--no-wait", help="follow the tasks, then collect "
+                                           "Table 1 (`darts study collect`)"),
+                 params: str = PARAMS) -> None:
+    """Submit the study as a job array through submitit: Slurm, one task per chain (or local
+    processes), each `darts study run --shard I/N` pushing to the default DVC remote."""
+    from . import submit as stage
+
+    opts = _guard(stage.parse_options, executor, parallel, hours, partition, gpus_per_job, cpus_per_job)
+    code, _ = _guard(stage.submit, params, opts, wait)
+    raise typer.Exit(code)
+
+
 #: the commands that compute a run; `darts study collect` sets DARTS_RESTORE_ONLY (its name is
-#: stages.study.RESTORE_ONLY_ENV, not imported here: stages.study imports torch) and they refuse
+#: stages.chains.RESTORE_ONLY_ENV, not imported here: kept free of the stage modules) and they refuse
 RUN_COMMANDS = ("search", "discretize", "retrain", "test")
 
 

@@ -7,6 +7,11 @@ The genotype never holds `none` or a pruned op (constraints.choose_edges exclude
 Ties of activated values are broken by the rule the search ran with (`search.tie_break`,
 recorded in supernet.pt; a file without it gets the default, raw α): the genotype and
 the tie count in search.json then describe the same choice.
+
+An activation that declares its method's own threshold rule (FairDARTS' sigmoid: σ ≥ 0.85)
+also gets `genotype_threshold.json`: the cell that rule keeps, read from the same ranking.
+Its nodes may have fewer than two inputs (outside S), so the retrain uses Π_S's genotype for
+comparability with every other row; the file says how many of Π_S's 16 choices pass.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import torch
 
 from darts.activations import make_activation
 from darts.checkpoint import write_json_atomic
-from darts.constraints import TIE_BREAKS, derive_genotype, tie_key
+from darts.constraints import TIE_BREAKS, derive_genotype, threshold_cell, tie_key
 
 from .params import ParamsError
 
@@ -33,7 +38,8 @@ def run(search_dir: str, out: str) -> dict:
     if tie_break not in TIE_BREAKS:
         raise ParamsError(f"{path} records tie_break={tie_break!r}; valid: {', '.join(TIE_BREAKS)}")
     state = saved["state"]
-    weights = {t: activation(state[f"alpha_{t}"], state[f"live_{t}"]) for t in ("normal", "reduce")}
+    # what Π_S reads: the activated α (NASP: the continuous α, not its one-hot forward)
+    weights = {t: activation.for_projection(state[f"alpha_{t}"], state[f"live_{t}"]) for t in ("normal", "reduce")}
     live = {t: state[f"live_{t}"] for t in ("normal", "reduce")}
     raw = {t: tie_key(state[f"alpha_{t}"], tie_break) for t in ("normal", "reduce")}
     genotype = derive_genotype(weights, live, tuple(saved["ops"]), raw)
@@ -42,4 +48,11 @@ def run(search_dir: str, out: str) -> dict:
     write_json_atomic(genotype.to_dict(), out_dir / "genotype.json")
     (out_dir / "genotype.txt").write_text(genotype.to_darts_text() + "\n")
     (out_dir / "genotype_ptdarts.txt").write_text(genotype.to_ptdarts_text() + "\n")
+    if activation.threshold is not None:
+        cells = {t: threshold_cell(weights[t], live[t], tuple(saved["ops"]), activation.threshold, raw[t])
+                 for t in ("normal", "reduce")}
+        write_json_atomic({"rule": "threshold_sparse", "threshold": activation.threshold,
+                           "kept": {t: len(c) for t, c in cells.items()}, "of": len(genotype.normal),
+                           **{t: [list(x) for x in c] for t, c in cells.items()}},
+                          out_dir / "genotype_threshold.json")
     return genotype.to_dict()

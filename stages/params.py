@@ -11,11 +11,14 @@ from pathlib import Path
 
 import yaml
 
+from darts.activations import ACTIVATIONS as ACTIVATION_TYPES
 from darts.methods import METHODS
+from darts.regularizers import REGULARIZERS
+from darts.schedules import SCHEDULES
 
-ACTIVATIONS = ("softmax", "crb")
-SCHEDULES = ("alternate", "constant", "fimt")
-REGULARIZATIONS = ("none", "pr", "admm")
+# the valid names are the registries' (a new component is valid here without an edit)
+ACTIVATIONS = tuple(ACTIVATION_TYPES)
+REGULARIZATIONS = REGULARIZERS
 DATASETS = ("synthetic", "cifar10", "imagefolder")
 #: data.normalize: auto = CIFAR's constants for cifar10, the training split's own statistics otherwise
 NORMALIZE = ("auto", "cifar", "dataset")

@@ -4,7 +4,7 @@
 even on kill -9), so two processes on the same run directory or checkpoint fail fast
 with a clear message instead of corrupting each other. `StopOnSignal` turns the first
 SIGINT/SIGTERM into a flag the training loop polls between iterations, so the stage
-can write a mid-epoch checkpoint and exit; a second signal interrupts at once. The
+can write a mid-epoch checkpoint and exit; the same signal again interrupts at once. The
 first signal is acknowledged on stderr at once: a paper-size step can take a minute
 on a busy CPU, and a silent wait reads as a hang.
 """
@@ -126,7 +126,8 @@ def _say_now(text: str) -> None:
 
 
 class StopOnSignal:
-    """First SIGINT/SIGTERM: set a flag (polled after each step) and say so at once; second: stop now."""
+    """First SIGINT/SIGTERM: set a flag (polled after each step) and say so at once; the same
+    signal again: stop now (the message says "press Ctrl-C again" / "send SIGTERM again")."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -145,8 +146,13 @@ class StopOnSignal:
                 f"{again} to stop now without saving\n")
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:  # second signal: stop now
-            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+        if self.signum is not None:
+            if signum != self.signum:
+                # the same request arriving twice, not "stop now": a Slurm preemption sends
+                # SIGTERM to every process of the job, and `darts study run` (itself signalled)
+                # passes a SIGINT on; taking that as a second signal lost the mid-run checkpoint
+                return
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))  # the same signal again: stop now
             raise KeyboardInterrupt
         self.signum = signum
         try:

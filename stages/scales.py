@@ -3,7 +3,13 @@
 The variant keys are kept; `seeds`, `data`, `search` and `retrain` are replaced by the
 preset in `stages/scales/<name>.yaml`, and so are `configs` and `labels` when the preset
 names its own study (cifar-cpu is sized for its 7 rows). `--root` naming a folder with
-`train/` in it means an ImageFolder tree (such as a JPEG export of CIFAR-10). Then
+`train/` in it means an ImageFolder tree (such as a JPEG export of CIFAR-10).
+
+Study sets (`stages/sets/<name>.yaml`: configs and labels) are switched on or off on top of
+the preset: `related`, the related-work rows, is what a preset's `related: true|false` says
+(paper: on; quick, cifar-cpu: off) unless `--related/--no-related` says otherwise. On adds the
+set's configs and labels after the study's own (an existing config of the same name is kept);
+off removes them. The other configs are untouched, so their stages keep their DVC hashes. Then
 `cost_report` says what `dvc repro` at the new scale costs on this device, from steps
 measured here (`stages.estimate`): a preset alone does not tell a CPU user that the
 paper's protocol would take years there.
@@ -17,6 +23,9 @@ import yaml
 from .params import DATASETS, ParamsError, load_params
 
 SCALES_DIR = Path(__file__).resolve().parent / "scales"
+SETS_DIR = Path(__file__).resolve().parent / "sets"
+#: study sets a preset (or the command line) switches on or off: preset key -> set file stem
+SET_SWITCHES = {"related": "related"}
 SCALE_KEYS = ("seeds", "data", "search", "retrain")
 STUDY_KEYS = ("configs", "labels")  # a preset may also name its study (cifar-cpu: the 7 rows it is sized for)
 HEADER = """\
@@ -34,9 +43,36 @@ def preset(name: str) -> dict:
     return yaml.safe_load((SCALES_DIR / f"{name}.yaml").read_text())
 
 
-def apply(name: str, params_path: str, dataset: str | None = None, root: str | None = None) -> dict:
+def study_set(name: str) -> dict:
+    """A study set's configs and labels (``stages/sets/<name>.yaml``)."""
+    return yaml.safe_load((SETS_DIR / f"{name}.yaml").read_text())
+
+
+def switch_set(params: dict, name: str, on: bool) -> dict:
+    """``params`` with study set ``name``'s configs and labels added (on) or removed (off)."""
+    s = study_set(name)
+    out = dict(params)
+    configs, labels = dict(out.get("configs") or {}), dict(out.get("labels") or {})
+    for key, entry in s["configs"].items():
+        if on:
+            configs.setdefault(key, entry)
+            if key in s.get("labels", {}):
+                labels.setdefault(key, s["labels"][key])
+        else:
+            configs.pop(key, None)
+            labels.pop(key, None)
+    out["configs"], out["labels"] = configs, labels
+    return out
+
+
+def apply(name: str, params_path: str, dataset: str | None = None, root: str | None = None,
+          sets: dict[str, bool] | None = None) -> dict:
+    """Rewrite ``params_path`` at scale ``name``; ``sets`` (switch -> on/off) overrides the
+    preset's study-set switches (``SET_SWITCHES``)."""
     params = load_params(params_path)
     p = preset(name)
+    switches = {key: bool(p.pop(key, False)) for key in SET_SWITCHES}
+    switches.update(sets or {})
     if dataset is not None:
         if dataset not in DATASETS:
             raise ParamsError(f"--dataset {dataset!r} is invalid; valid: {', '.join(DATASETS)}")
@@ -50,6 +86,8 @@ def apply(name: str, params_path: str, dataset: str | None = None, root: str | N
     out = {k: v for k, v in params.items() if k not in replaced}
     out["scale"] = name
     out.update(p)
+    for key, on in switches.items():
+        out = switch_set(out, SET_SWITCHES[key], on)
     Path(params_path).write_text(HEADER + dump(out))
     return out
 

@@ -8,6 +8,7 @@ and `epochs.tsv` (the per-epoch curve, declared as DVC plots for the variant cha
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -19,7 +20,7 @@ from darts.activations import ACTIVATIONS, make_activation
 from darts.data import BatchStream, split_indices
 from darts.hostmemory import retain_freed_memory
 from darts.methods import METHODS, Untrained
-from darts.regularizers import make_regularizer
+from darts.regularizers import REGULARIZER_TYPES, make_regularizer
 from darts.constraints import TIE_BREAKS
 from darts.schedules import FIMT_CYCLES, make_schedule, train_fraction
 from darts.search import SearchConfig, Searcher, evaluate_supernet, final_ties
@@ -55,6 +56,18 @@ EXTRA_KEYS = {
 }
 
 
+def component_settings() -> dict[str, object]:
+    """params.search keys that registered components add (``settings``: key -> default), so a
+    new activation, regularizer or method brings its own keys and defaults with it."""
+    out: dict[str, object] = {}
+    for holder in (*ACTIVATIONS.values(), *REGULARIZER_TYPES.values(), *METHODS.values()):
+        out.update(getattr(holder, "settings", None) or {})
+    return out
+
+
+EXTRA_KEYS.update(component_settings())
+
+
 def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
     """Validated (SearchConfig, extra settings) for a run, with CRB's α weight decay applied."""
     s = section(params, "search")
@@ -65,11 +78,18 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
         raise ParamsError(f"params.search has unknown key(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(sorted(cfg_fields | set(EXTRA_KEYS)))}")
     extra = {k: s.get(k, v) for k, v in EXTRA_KEYS.items()}
+    for key in component_settings():  # weights and decays: every component setting is a number >= 0
+        v = extra[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
+            raise ParamsError(f"search.{key}={v!r} is invalid; must be a number >= 0")
     cfg = SearchConfig(**{k: (tuple(v) if k == "alpha_betas" else v) for k, v in s.items() if k in cfg_fields})
     cfg.order = spec.order
     own_decay = ACTIVATIONS[spec.activation].alpha_weight_decay_option  # CRB: none (paper §4.1)
     if own_decay is not None:
         cfg.alpha_weight_decay = extra[own_decay]
+    w_decay = METHODS[spec.method].w_weight_decay_option  # R-DARTS (L2): its raised decay on w
+    if w_decay is not None:
+        cfg.w_weight_decay = extra[w_decay]
     try:
         cfg.validate()
     except ValueError as e:
@@ -115,7 +135,8 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
     schedule = make_schedule(spec.schedule, k=extra["k"], lam=extra["fimt_lambda"], m=extra["fimt_m"],
                              threshold=extra["fimt_threshold"], fimt_cycle=extra["fimt_cycle"])
     regularizer = make_regularizer(spec.regularization, rho_pr=extra["pr_rho"], rho_admm=extra["admm_rho"],
-                                   admm_n=extra["admm_n"], admm_discount=extra["admm_discount"])
+                                   admm_n=extra["admm_n"], admm_discount=extra["admm_discount"],
+                                   zero_one_weight=extra["zero_one_weight"])
     frac = train_fraction(schedule.ratio)
     tr_idx, va_idx = split_indices(len(train_set), frac, data_seed)
     for part, idx in (("train", tr_idx), ("validation", va_idx)):
@@ -127,7 +148,7 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
     val_stream = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=spec.seed + 1, device=device)
     g = torch.Generator().manual_seed(spec.seed)
     net = SearchNetwork(activation, C=extra["C"], n_classes=len(train_set.classes), layers=extra["layers"],
-                        generator=g, in_channels=train_set.channels).to(device)
+                        generator=g, in_channels=train_set.channels, **method.network_options).to(device)
     searcher = Searcher(net, cfg, schedule, regularizer, train_stream, val_stream)
     split = {"train_fraction": frac, "train": len(tr_idx), "val": len(va_idx)}
     val_eval = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=0, device=device, train=False)

@@ -42,9 +42,9 @@ def _set(p: dict, path: str, value) -> dict:
 
 
 SEARCH_CASES = [  # (params path, bad value, words the message must contain)
-    ("configs.DARTS.activation", "sigmoid", ["sigmoid", "softmax, crb"]),
+    ("configs.DARTS.activation", "tanh", ["tanh", "softmax, crb, sigmoid"]),
     ("configs.DARTS.schedule", "weekly", ["weekly", "alternate, constant, fimt"]),
-    ("configs.DARTS.regularization", "l1", ["l1", "none, pr, admm"]),
+    ("configs.DARTS.regularization", "l1", ["l1", "none, pr, admm, zero_one"]),
     ("configs.DARTS.order", 3, ["order=3", "1", "2"]),
     ("configs.DARTS.colour", "red", ["colour", "valid keys"]),
     ("search.epochs", 0, ["search.epochs=0", "positive integer"]),

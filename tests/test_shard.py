@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from conftest import assert_one_line_error, tiny_params
 from stages.cli import app
 from stages.params import ParamsError
-from stages.study import RESTORE_ONLY_ENV, RUN_STAGES, VARIANT_STAGES, parse_shard, shard_chains, study_chains
+from stages.chains import RESTORE_ONLY_ENV, RUN_STAGES, VARIANT_STAGES, study_chains
+from stages.shard import parse_shard, shard_chains
 
 runner = CliRunner()
 HAVE_DVC = shutil.which("dvc") is not None

@@ -27,6 +27,18 @@ def test_first_sigint_is_acknowledged_at_once_second_stops_now():
     assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
+def test_a_different_second_signal_is_the_same_request_not_stop_now():
+    """A Slurm preemption: SIGTERM to every process of the job, then `darts study run` (also
+    signalled) passes a SIGINT on to the stage; the stage must still save its checkpoint."""
+    said: list[str] = []
+    with StopOnSignal(notify=said.append) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: still stopping after the step
+        assert stop.signum == signal.SIGTERM and len(said) == 1
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)  # the same one again: stop now
+
+
 def test_sigterm_message_names_sigterm():
     said: list[str] = []
     with StopOnSignal(notify=said.append):

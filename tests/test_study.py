@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_params
 from stages.params import ParamsError
-from stages.study import Board, study_chains, eta_seconds, parse_devices, worker_env
+from stages.chains import Board, study_chains, eta_seconds, parse_devices, worker_env
 
 
 def test_chains_are_every_config_seed_then_the_variant():
