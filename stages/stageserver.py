@@ -84,8 +84,12 @@ def connect(path: str) -> socket.socket | OSError:
 def hand_over(conn: socket.socket, argv: list[str]) -> int | str:
     """Have the server run argv with our cwd, environment, sys.path and stdio: the child's exit
     status (or we die of its signal), or the server's reason for refusing."""
+    umask = os.umask(0o022)
+    os.umask(umask)
     request = {"argv": [sys.argv[0], *argv], "cwd": os.getcwd(), "env": dict(os.environ),
-               "python": sys.executable, "package": _here(), "path": sys.path}
+               "python": sys.executable, "package": _here(), "path": sys.path, "umask": umask,
+               "nice": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
+               "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
     fds = [fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)]
     with conn:
         socket.send_fds(conn, [json.dumps(request).encode()], fds)
@@ -203,6 +207,7 @@ def _child(req: dict, fds: list[int], inherited: list[socket.socket]) -> None:
             os.dup2(fd, target)
             os.close(fd)
         os.chdir(req["cwd"])
+        _take_process_settings(req)
         os.environ.clear()
         os.environ.update(req["env"])
         for sig in _FORWARDED + (signal.SIGCHLD,):
@@ -238,6 +243,23 @@ def _child(req: dict, fds: list[int], inherited: list[socket.socket]) -> None:
             except Exception:  # noqa: BLE001
                 pass
         os._exit(code)
+
+
+def _take_process_settings(req: dict) -> None:
+    """The client's umask, niceness and CPU set (`nice dvc repro`, `taskset`), which a fork would
+    otherwise take from the server; a niceness we may not lower stays the server's."""
+    if req.get("umask") is not None:
+        os.umask(req["umask"])
+    if req.get("nice") is not None and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, req["nice"])
+        except OSError:
+            pass
+    if req.get("cpus") and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, req["cpus"])
+        except OSError:
+            pass
 
 
 def serve(path: str, idle: float | None = None, lock_fd: int | None = None) -> None:

@@ -4,6 +4,7 @@ Ctrl-C), and anything unusual falls back to the plain run. Auto mode (stages/aut
 starts a server on first use, which exits when idle or stale; `off` never starts one."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -260,3 +261,20 @@ def test_the_auto_key_covers_import_time_settings_only():
     assert names, "the scan found nothing: it no longer matches the code"
     for n in names:
         assert n.startswith(autoserver.IMPORT_TIME_PREFIXES) or n in autoserver.IMPORT_TIME_NAMES, n
+
+
+def test_the_child_takes_the_clients_umask_niceness_and_cpus():
+    """A fork would keep the server's: `nice dvc repro` or a umask must reach the stage."""
+    cpus = sorted(os.sched_getaffinity(0))[:1] if hasattr(os, "sched_getaffinity") else None
+    want = {"umask": 0o027, "nice": os.getpriority(os.PRIO_PROCESS, 0) + 2, "cpus": cpus}
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        stageserver._take_process_settings(want)
+        got = [os.umask(0), os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0)) if cpus else None]
+        os.write(w, json.dumps(got).encode())
+        os._exit(0)
+    os.close(w)
+    got = json.loads(os.read(r, 1000))
+    os.waitpid(pid, 0)
+    assert got == [want["umask"], want["nice"], cpus]
