@@ -131,17 +131,24 @@ def run(argv: list[str]) -> int | None:
     should run it itself (no server yet: one is started for the next commands)."""
     if not (hasattr(os, "fork") and hasattr(os, "getuid")):
         return None
-    where = place(os.environ)
-    if where is None:
+    try:  # nothing has run yet: any trouble here means the plain run
+        where = place(os.environ)
+        if where is None:
+            return None
+        conn = connect(where.socket)
+        if isinstance(conn, OSError):
+            if conn.errno in (errno.ENOENT, errno.ECONNREFUSED) and start(where, os.environ):
+                print(f"stage server: starting one for the next commands (log {where.log})", file=sys.stderr)
+            return None  # no line when another client is starting it: that is no news
+    except OSError as e:
+        print(f"stage server: none ({e}); running in this process", file=sys.stderr)
         return None
-    conn = connect(where.socket)
-    if isinstance(conn, OSError):
-        if conn.errno in (errno.ENOENT, errno.ECONNREFUSED) and start(where, os.environ):
-            print(f"stage server: starting one for the next commands (log {where.log})", file=sys.stderr)
-        return None  # no line when another client is starting it: that is no news
     out = hand_over(conn, argv)
     if isinstance(out, str):
-        fresh = start(where, os.environ)  # a stale server has stopped listening: replace it
+        try:
+            fresh = start(where, os.environ)  # a stale server has stopped listening: replace it
+        except OSError:
+            fresh = False
         print(f"stage server: {out}; running in this process"
               f"{', a fresh server starts for the next commands' if fresh else ''}", file=sys.stderr)
         return None
