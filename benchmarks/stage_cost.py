@@ -9,8 +9,11 @@ and prints one JSON object per line with the median and the spread (min, max) in
   files) of a tiny run, each once as a fresh `python -m stages` and once through a stage
   server (stages/stageserver.py) started here the way `darts study run` starts it;
 - `search`, `retrain` and `test` of that tiny run (1 epoch), fresh and served: their work
-  is small, so the difference is the fixed cost again.
+  is small, so the difference is the fixed cost again;
+- each `python -m stages` command once more in auto mode (stages/autoserver.py: what a plain
+  `dvc repro` gets), after one command that started the auto server, whose time is printed.
 The server's own start-up (paid once per study) is printed too. Ratios are within one run.
+`--only check-params,discretize` times those commands alone.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ def _time(cmd: list[str], cwd: Path, env: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--only", default="", help="comma-separated command names to time (default: all)")
     args = ap.parse_args()
     from stages import stageserver
 
@@ -57,7 +61,8 @@ def main() -> None:
         work = Path(tmp)
         _tiny(work)
         env = dict(os.environ, DARTS_THREADS="1", OMP_NUM_THREADS="1", DARTS_CHECKPOINT_DIR=str(work / ".ck"))
-        env.pop("DARTS_STAGE_SERVER", None)
+        env["DARTS_STAGE_SERVER"] = "off"  # fresh: a plain process
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))  # this checkout
         _time(st + ["prepare-split"], work, env)
         _time(st + ["search", "--config", "DARTS", "--out", "s"], work, env)
         commands = {
@@ -70,6 +75,16 @@ def main() -> None:
                                             "--out", "r"],
             "test": st + ["test", "--retrain", "r", "--search", "s", "--out", "m.json"],
         }
+        if args.only:
+            commands = {k: v for k, v in commands.items() if k in args.only.split(",")}
+        runtime = tempfile.mkdtemp(prefix="dsb")  # short: a socket path has ~100 bytes
+        auto = dict(env, DARTS_STAGE_SERVER="auto", XDG_RUNTIME_DIR=runtime, DARTS_STAGE_SERVER_IDLE="120")
+        print(json.dumps({"what": "first command in auto mode (starts the server, runs plain)",
+                          "seconds": round(_time(st + ["check-params", "--out", "first"], work, auto), 3)}))
+        from stages.autoserver import place
+
+        while not os.path.exists(place(auto).socket):  # it imports torch meanwhile
+            time.sleep(0.05)
         t0 = time.perf_counter()
         os.chdir(ROOT)
         with stageserver.started(env, work / "server.log") as sock:
@@ -81,17 +96,34 @@ def main() -> None:
             times: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.repeat):
                 for name, cmd in commands.items():
-                    modes = ("fresh",) if not cmd[1:3] == ["-m", "stages"] else ("fresh", "server")
+                    modes = ("fresh",) if not cmd[1:3] == ["-m", "stages"] else ("fresh", "server", "auto")
                     for mode in modes:
-                        e = served if mode == "server" else env
+                        e = {"fresh": env, "server": served, "auto": auto}[mode]
                         times.setdefault((name, mode), []).append(_time(cmd, work, e))
         for (name, mode), ts in times.items():
             print(json.dumps({"what": name, "mode": mode, "median_s": round(statistics.median(ts), 3),
                               "min_s": round(min(ts), 3), "max_s": round(max(ts), 3), "n": len(ts)}))
         for name in commands:
             if (name, "server") in times:
-                f, s = (statistics.median(times[(name, m)]) for m in ("fresh", "server"))
-                print(json.dumps({"what": name, "saved_s": round(f - s, 3), "server_over_fresh": round(s / f, 3)}))
+                f, s, a = (statistics.median(times[(name, m)]) for m in ("fresh", "server", "auto"))
+                print(json.dumps({"what": name, "saved_s": round(f - s, 3), "server_over_fresh": round(s / f, 3),
+                                  "auto_over_fresh": round(a / f, 3)}))
+        _stop_auto(Path(runtime))
+
+
+def _stop_auto(runtime: Path) -> None:
+    """SIGTERM to the auto server(s) this run started (their pid is in the log), then tidy."""
+    import shutil
+    import signal
+
+    for log in runtime.rglob("*.log"):
+        for line in log.read_text().splitlines():
+            if line.startswith("stage server "):
+                try:
+                    os.kill(int(line.split()[2]), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,22 @@
-"""`python -m stages …`: through the study's stage server when one runs (stages/stageserver.py:
-the seconds of Python and torch start-up are paid once per study, not once per stage),
-else in this process."""
+"""`python -m stages …`: through a stage server when one runs (stages/stageserver.py: the
+seconds of Python and torch start-up are paid once per server, not once per stage), else in
+this process. ``DARTS_STAGE_SERVER``: unset or ``auto`` → the server of this checkout and
+environment, started on first use (stages/autoserver.py); ``off`` → never; a socket path →
+that server (`darts study run` sets it)."""
 import os
 import sys
 
-if os.environ.get("DARTS_STAGE_SERVER"):
-    from .stageserver import run_via_server
+_mode = os.environ.get("DARTS_STAGE_SERVER", "").strip() or "auto"
+if _mode != "off":
+    if _mode == "auto":
+        from .autoserver import run as _run
+    else:
+        from functools import partial
 
-    _code = run_via_server(os.environ["DARTS_STAGE_SERVER"], sys.argv[1:])
+        from .stageserver import run_via_server
+
+        _run = partial(run_via_server, _mode)
+    _code = _run(sys.argv[1:])
     if _code is not None:
         sys.exit(_code)
 

@@ -71,12 +71,12 @@ def run(params_path: str, jobs: int, devices: str | None, log_dir: str = "logs/s
             f"({', '.join(c.name for c in chains) or 'none: more shards than chains'}); results go to "
             f"DVC remote {remote!r}")
 
-    if not stage_server:
-        return _run_study(chains, part, remote, jobs, device_list, cores, base, logs, say, setup)
+    if not stage_server:  # "off", not unset: unset would be auto mode (stages/autoserver.py)
+        return _run_study(chains, part, remote, jobs, device_list, cores, {**base, "DARTS_STAGE_SERVER": "off"},
+                          logs, say, setup)
     with stageserver.started(base, logs / "stage-server.log") as sock:
-        if sock:
-            base["DARTS_STAGE_SERVER"] = sock
-        else:
+        base["DARTS_STAGE_SERVER"] = sock or "off"
+        if not sock:
             say(f"[study] no stage server ({logs / 'stage-server.log'}): every stage starts its own Python")
         return _run_study(chains, part, remote, jobs, device_list, cores, base, logs, say, setup)
 

@@ -6,6 +6,7 @@ tensors is many times slower than with 1; tests pin 1 thread for stable timing.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Every `python -m stages` a test starts is a plain process (tests kill stage processes, time
+# them, compare serial `dvc repro`s): no auto-mode stage server (stages/autoserver.py), except
+# where tests/test_stageserver.py asks for one. os.environ, so that subprocesses inherit it.
+os.environ["DARTS_STAGE_SERVER"] = "off"
 CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
 
 

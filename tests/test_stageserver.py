@@ -1,12 +1,17 @@
 """The stage server (stages/stageserver.py): a stage run through it is the same run as a
 fresh `python -m stages` process (bit-identical search, exit codes, one-line errors,
-Ctrl-C), and anything unusual falls back to the plain run."""
+Ctrl-C), and anything unusual falls back to the plain run. Auto mode (stages/autoserver.py)
+starts a server on first use, which exits when idle or stale; `off` never starts one."""
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,16 +20,14 @@ import pytest
 from conftest import ROOT
 from test_resume import _params, _same_search, _said_then_stopped
 
-from stages import stageserver
+from stages import autoserver, stageserver
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the stage server needs fork (POSIX)")
 
 
 def _env(work: Path, server: str | None, tag: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", DARTS_CHECKPOINT_DIR=str(work / f".ck-{tag}"))
-    env.pop("DARTS_STAGE_SERVER", None)
-    if server:
-        env["DARTS_STAGE_SERVER"] = server
+    env["DARTS_STAGE_SERVER"] = server or "off"
     return env
 
 
@@ -103,7 +106,7 @@ def test_no_server_or_a_refusal_falls_back_to_the_plain_run(served, tmp_path, ca
 def test_refusal_reasons(tmp_path):
     src = tmp_path / "mod.py"
     src.write_text("x = 1\n")
-    sources = {str(src): src.stat().st_mtime_ns}
+    sources = {str(src): stageserver._stamp(str(src))}
     ok = {"python": sys.executable, "package": stageserver._here()}
     assert stageserver._refusal(ok, [0, 1, 2], sources) is None
     assert "3 file descriptors" in stageserver._refusal(ok, [0, 1], sources)
@@ -145,3 +148,133 @@ def test_a_client_killed_with_sigkill_takes_its_stage_with_it(served):
     time.sleep(1.0)  # the server's loop notices within 0.1 s
     r = _stages(args, work, env)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- auto mode
+
+@pytest.fixture
+def auto(tmp_path):
+    """An environment in auto mode with a private runtime folder (short: a socket path has
+    ~100 bytes) and this checkout first on the path; kills whatever server it started."""
+    runtime = tempfile.mkdtemp(prefix="dsa")
+    env = dict(os.environ, XDG_RUNTIME_DIR=runtime, OMP_NUM_THREADS="1", DARTS_STAGE_SERVER="auto",
+               DARTS_CHECKPOINT_DIR=str(tmp_path / ".ck"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    yield env
+    for log in Path(runtime).rglob("*.log"):
+        for line in log.read_text().splitlines():
+            if line.startswith("stage server "):
+                try:
+                    os.kill(int(line.split()[2]), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _wait(cond, seconds: float = 90.0) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline and not cond():
+        time.sleep(0.05)
+    return cond()
+
+
+def _listening(env: dict, count: int = 1) -> autoserver.Place:
+    """Wait until the auto server for ``env`` has started ``count`` times and listens."""
+    where = autoserver.place(env)
+    log = Path(where.log)
+    assert _wait(lambda: os.path.exists(where.socket) and log.is_file()
+                 and log.read_text().count(" listening on ") >= count), log.read_text() if log.is_file() else "no log"
+    return where
+
+
+def test_auto_mode_starts_a_server_and_the_next_search_through_it_equals_a_plain_one(served, auto):
+    work, _, _ = served
+    first = _stages(["check-params", "--out", "auto-ok"], work, auto)
+    assert first.returncode == 0 and (work / "auto-ok").is_file(), first.stderr
+    assert first.stderr.startswith("stage server: starting one for the next commands (log ")
+    assert len(first.stderr.splitlines()) == 1  # one informative line, no warning
+    where = _listening(auto)
+    args = ["search", "--config", "ROBUST", "--seed", "0", "--prepared", "prep"]
+    plain = _stages(args + ["--out", "plain/search"], work, {**auto, "DARTS_STAGE_SERVER": "off"})
+    forked = _stages(args + ["--out", "auto/search"], work, auto)
+    assert plain.returncode == 0 and forked.returncode == 0, forked.stderr[-2000:]
+    assert "stage server" not in forked.stderr and "running in this process" not in forked.stderr
+    assert f"{' '.join(args)} --out auto/search" in Path(where.log).read_text()
+    _same_search(work / "plain" / "search", work / "auto" / "search")
+    assert plain.stdout == forked.stdout
+
+
+def test_an_idle_auto_server_exits_and_frees_its_place(served, auto):
+    work, _, _ = served
+    env = {**auto, "DARTS_STAGE_SERVER_IDLE": "1.5"}
+    assert _stages(["check-params", "--out", "idle-ok"], work, env).returncode == 0
+    where = autoserver.place(env)
+    log = Path(where.log)  # it may be gone before we could see its socket: read its log
+    assert _wait(lambda: log.is_file() and "exiting" in log.read_text()), log.read_text() if log.is_file() else ""
+    assert " listening on " in log.read_text() and "stopped listening: idle for 1.5 s" in log.read_text()
+    assert not os.path.exists(where.socket) and not autoserver._held(where.lock)
+
+
+def test_a_changed_module_file_makes_the_auto_server_refuse_and_make_way(served, auto, tmp_path):
+    """Any loaded module file counts: here a sitecustomize.py that the server imported at start-up."""
+    work, _, _ = served
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "sitecustomize.py").write_text("WATCHED = 1\n")
+    env = {**auto, "PYTHONPATH": os.pathsep.join([str(mods), auto["PYTHONPATH"]])}
+    assert _stages(["check-params", "--out", "s1"], work, env).returncode == 0
+    where = _listening(env)
+    assert _stages(["check-params", "--out", "s2"], work, env).stderr == ""  # through the server
+    (mods / "sitecustomize.py").write_text("WATCHED = 2\n")
+    r = _stages(["check-params", "--out", "s3"], work, env)
+    assert r.returncode == 0 and (work / "s3").is_file(), r.stderr
+    assert "sitecustomize.py changed since the server started; running in this process, a fresh server" in r.stderr
+    text = Path(where.log).read_text()
+    assert "stopped listening: a module file changed" in text and "exiting" in text
+    _listening(env, count=2)  # the refused client started the next one
+
+
+def test_off_never_starts_a_server(served, auto):
+    work, _, _ = served
+    env = {**auto, "DARTS_STAGE_SERVER": "off"}
+    for out in ("off1", "off2"):
+        r = _stages(["check-params", "--out", out], work, env)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert not list(Path(auto["XDG_RUNTIME_DIR"]).rglob("*.sock")) and not list(Path(auto["XDG_RUNTIME_DIR"]).rglob("*.log"))
+
+
+def test_the_auto_key_covers_import_time_settings_only():
+    base = {"PATH": "/bin"}
+    key = autoserver.fingerprint(base)
+    for name in ("OMP_NUM_THREADS", "PYTHONPATH", "LD_PRELOAD", "DARTS_CHECKPOINT_DIR", "TORCH_HOME"):
+        assert autoserver.fingerprint({**base, name: "x"}) != key, name
+    for name in ("CUDA_VISIBLE_DEVICES", "DARTS_DEVICE", "DARTS_THREADS", "DARTS_STAGE_SERVER", "HOME"):
+        assert autoserver.fingerprint({**base, name: "x"}) == key, name
+    # every environment variable our modules read at import time is in the key
+    names = set()
+    for f in [*ROOT.joinpath("darts").rglob("*.py"), *ROOT.joinpath("stages").rglob("*.py")]:
+        if f.name == "__main__.py":  # the client's, never imported by a server
+            continue
+        for line in f.read_text().splitlines():
+            if not line.startswith((" ", "\t", "#")) and ("environ" in line or "getenv" in line):
+                names.update(re.findall(r"""(?:environ(?:\.get)?\(|environ\[|getenv\()\s*["']([A-Z0-9_]+)""", line))
+    assert names, "the scan found nothing: it no longer matches the code"
+    for n in names:
+        assert n.startswith(autoserver.IMPORT_TIME_PREFIXES) or n in autoserver.IMPORT_TIME_NAMES, n
+
+
+def test_the_child_takes_the_clients_umask_niceness_and_cpus():
+    """A fork would keep the server's: `nice dvc repro` or a umask must reach the stage."""
+    cpus = sorted(os.sched_getaffinity(0))[:1] if hasattr(os, "sched_getaffinity") else None
+    want = {"umask": 0o027, "nice": os.getpriority(os.PRIO_PROCESS, 0) + 2, "cpus": cpus}
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        stageserver._take_process_settings(want)
+        got = [os.umask(0), os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0)) if cpus else None]
+        os.write(w, json.dumps(got).encode())
+        os._exit(0)
+    os.close(w)
+    got = json.loads(os.read(r, 1000))
+    os.waitpid(pid, 0)
+    assert got == [want["umask"], want["nice"], cpus]
