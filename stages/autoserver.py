@@ -31,7 +31,7 @@ import sys
 import tempfile
 from typing import Mapping, NamedTuple
 
-from .stageserver import _here, connect, hand_over
+from .stageserver import _here, connect, hand_over, interpreter
 
 #: variables read while modules are imported (the server imports once, with the first
 #: client's environment): a client whose values differ needs another server
@@ -57,7 +57,7 @@ def mode(env: Mapping[str, str]) -> str:
 def fingerprint(env: Mapping[str, str]) -> str:
     """A short hash of the user, interpreter, checkout and import-time environment."""
     picked = sorted((k, v) for k, v in env.items() if k.startswith(IMPORT_TIME_PREFIXES) or k in IMPORT_TIME_NAMES)
-    blob = json.dumps([os.getuid(), sys.executable, _here(), picked])
+    blob = json.dumps([os.getuid(), interpreter(), _here(), picked])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

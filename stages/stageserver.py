@@ -47,6 +47,14 @@ _MAX = 1 << 20
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def interpreter() -> str:
+    """Which Python this is: the real file of the executable and the environment's prefix.
+    Not sys.executable as written: `darts`'s entry-point script runs `.../bin/python3.11` where
+    DVC's `python -m stages` runs `.../bin/python`, one interpreter under two names; but two
+    venvs over one base interpreter share the real file and differ in sys.prefix."""
+    return f"{os.path.realpath(sys.executable)} (prefix {sys.prefix})"
+
+
 def _here() -> str:
     return os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +95,7 @@ def hand_over(conn: socket.socket, argv: list[str]) -> int | str:
     umask = os.umask(0o022)
     os.umask(umask)
     request = {"argv": [sys.argv[0], *argv], "cwd": os.getcwd(), "env": dict(os.environ),
-               "python": sys.executable, "package": _here(), "path": sys.path, "umask": umask,
+               "python": interpreter(), "package": _here(), "path": sys.path, "umask": umask,
                "nice": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
                "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
     fds = [fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)]
@@ -187,8 +195,8 @@ def _sources() -> dict[str, tuple[int, int, int]]:
 def _refusal(req: dict, fds: list[int], sources: dict[str, tuple[int, int, int]]) -> str | None:
     if len(fds) != 3:
         return f"expected 3 file descriptors, got {len(fds)}"
-    if req.get("python") != sys.executable:
-        return f"client runs {req.get('python')}, server {sys.executable}"
+    if req.get("python") != interpreter():
+        return f"client runs {req.get('python')}, server {interpreter()}"
     if req.get("package") != _here():
         return f"client's stages package is {req.get('package')}, the server's {_here()}"
     for f, t in sources.items():

@@ -107,7 +107,7 @@ def test_refusal_reasons(tmp_path):
     src = tmp_path / "mod.py"
     src.write_text("x = 1\n")
     sources = {str(src): stageserver._stamp(str(src))}
-    ok = {"python": sys.executable, "package": stageserver._here()}
+    ok = {"python": stageserver.interpreter(), "package": stageserver._here()}
     assert stageserver._refusal(ok, [0, 1, 2], sources) is None
     assert "3 file descriptors" in stageserver._refusal(ok, [0, 1], sources)
     assert "client runs /other/python" in stageserver._refusal({**ok, "python": "/other/python"}, [0, 1, 2], sources)
@@ -278,3 +278,19 @@ def test_the_child_takes_the_clients_umask_niceness_and_cpus():
     got = json.loads(os.read(r, 1000))
     os.waitpid(pid, 0)
     assert got == [want["umask"], want["nice"], cpus]
+
+
+def test_one_interpreter_under_two_names_is_served(served, tmp_path):
+    """`darts study run` runs as `.../bin/python3.11` (its entry-point script), DVC's stages as
+    `.../bin/python`: the same interpreter, which the server must not refuse (it did)."""
+    work, sock, log = served
+    alias = tmp_path / "python-alias"
+    alias.symlink_to(os.path.realpath(sys.executable))
+    probe = "from stages.stageserver import interpreter; print(interpreter())"
+    named = subprocess.run([str(alias), "-c", probe], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    if named != stageserver.interpreter():
+        pytest.skip(f"this Python reports another prefix under a symlinked name ({named})")
+    r = subprocess.run([str(alias), "-m", "stages", "check-params", "--out", "alias.ok"], cwd=work,
+                       env=_env(work, sock, "alias"), capture_output=True, text=True)
+    assert r.returncode == 0 and "running in this process" not in r.stderr, r.stderr
+    assert "check-params --out alias.ok" in log.read_text()
