@@ -13,7 +13,7 @@ if _mode != "off":
     else:
         from functools import partial
 
-        from .stageserver import run_via_server
+        from .stageclient import run_via_server
 
         _run = partial(run_via_server, _mode)
     _code = _run(sys.argv[1:])

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from typing import Mapping, NamedTuple
 
-from .stageserver import _here, connect, hand_over, interpreter
+from .stageclient import _here, connect, hand_over, interpreter
 
 #: variables read while modules are imported (the server imports once, with the first
 #: client's environment): a client whose values differ needs another server

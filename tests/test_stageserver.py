@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT
 from test_resume import _params, _same_search, _said_then_stopped
 
-from stages import autoserver, stageserver
+from stages import autoserver, stageclient, stageserver
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the stage server needs fork (POSIX)")
 
@@ -96,7 +96,7 @@ def test_ctrl_c_reaches_the_stage_through_the_client(served):
 
 def test_no_server_or_a_refusal_falls_back_to_the_plain_run(served, tmp_path, capfd):
     work, sock, _ = served
-    assert stageserver.run_via_server(str(tmp_path / "absent"), ["--help"]) is None
+    assert stageclient.run_via_server(str(tmp_path / "absent"), ["--help"]) is None
     assert "running in this process" in capfd.readouterr().err
     # a stage run with an unreachable server still runs, in its own process
     r = _stages(["check-params", "--out", "ok"], work, _env(work, str(tmp_path / "absent"), "x"))
@@ -286,7 +286,7 @@ def test_one_interpreter_under_two_names_is_served(served, tmp_path):
     work, sock, log = served
     alias = tmp_path / "python-alias"
     alias.symlink_to(os.path.realpath(sys.executable))
-    probe = "from stages.stageserver import interpreter; print(interpreter())"
+    probe = "from stages.stageclient import interpreter; print(interpreter())"
     named = subprocess.run([str(alias), "-c", probe], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     if named != stageserver.interpreter():
         pytest.skip(f"this Python reports another prefix under a symlinked name ({named})")
