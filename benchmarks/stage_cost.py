@@ -112,17 +112,12 @@ def main() -> None:
 
 
 def _stop_auto(runtime: Path) -> None:
-    """SIGTERM to the auto server(s) this run started (their pid is in the log), then tidy."""
+    """SIGTERM to the auto server(s) this run started, then tidy."""
     import shutil
-    import signal
 
-    for log in runtime.rglob("*.log"):
-        for line in log.read_text().splitlines():
-            if line.startswith("stage server "):
-                try:
-                    os.kill(int(line.split()[2]), signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+    from stages.autoserver import stop_all
+
+    stop_all(str(runtime))
     shutil.rmtree(runtime, ignore_errors=True)
 
 

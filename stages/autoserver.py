@@ -184,3 +184,24 @@ def _held(lock_path: str) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def stop_all(folder: str) -> int:
+    """SIGTERM every auto server whose log lies under ``folder`` (a runtime folder that a
+    benchmark or a test made for itself); how many were signalled. Each log names its
+    server's pid on the line it writes at start."""
+    import signal
+
+    sent = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if not name.endswith(".log"):
+                continue
+            for line in open(os.path.join(root, name), errors="replace"):
+                if line.startswith("stage server "):
+                    try:
+                        os.kill(int(line.split()[2]), signal.SIGTERM)
+                        sent += 1
+                    except (ProcessLookupError, ValueError):
+                        pass
+    return sent

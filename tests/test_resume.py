@@ -250,14 +250,14 @@ def test_retrain_sigint_mid_epoch_stops_after_that_step(work):
     assert _state_of(work, "int4/retrain", "int4")["trainer"]["epoch_acc"]["steps"] == 4
 
 
-def test_real_ctrl_c_is_acknowledged_and_stops(work):
-    """An external SIGINT (as a terminal's Ctrl-C) mid-run: the line at once, exit 130, checkpoint."""
-    _params(work, epochs=3)
-    env = dict(os.environ, OMP_NUM_THREADS="1", **_own_checkpoints(work, "ctrlc"))
+def ctrl_c_after_epoch_1(work: Path, env: dict, out: str) -> None:
+    """Start a 3-epoch search, send SIGINT (as a terminal's Ctrl-C) once epoch 1 is logged:
+    the stop line at once, exit 130, within a minute (a tiny step takes ~0.1 s; this only
+    catches a hang). Skips when the search finished before the signal arrived."""
     proc = subprocess.Popen([sys.executable, "-m", "stages", "search", "--config", "ROBUST", "--seed", "0",
-                             "--prepared", "prep", "--out", "ctrlc/search"], cwd=work, env=env,
+                             "--prepared", "prep", "--out", out], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = work / "ctrlc" / "search" / "log.txt"
+    log = work / out / "log.txt"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.is_file() and "epoch 1/3" in log.read_text()):
         time.sleep(0.05)
@@ -269,4 +269,11 @@ def test_real_ctrl_c_is_acknowledged_and_stops(work):
         pytest.skip("the search finished before the signal arrived (machine too fast for this timing)")
     assert proc.returncode == 130, err[-2000:]
     _said_then_stopped(err, "stopped by signal 2 at step")
-    assert took < 60, took  # a tiny step takes ~0.1 s; this only catches a hang
+    assert took < 60, took
+
+
+def test_real_ctrl_c_is_acknowledged_and_stops(work):
+    """An external SIGINT (as a terminal's Ctrl-C) mid-run: the line at once, exit 130, checkpoint."""
+    _params(work, epochs=3)
+    ctrl_c_after_epoch_1(work, dict(os.environ, OMP_NUM_THREADS="1", **_own_checkpoints(work, "ctrlc")),
+                         "ctrlc/search")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from test_resume import _params, _same_search, _said_then_stopped
+from test_resume import _params, _same_search, ctrl_c_after_epoch_1
 
 from stages import autoserver, stageclient, stageserver
 
@@ -79,19 +79,7 @@ def test_bad_input_gives_the_same_one_line_error_and_exit_code(served):
 def test_ctrl_c_reaches_the_stage_through_the_client(served):
     """The client forwards SIGINT: the stage says so at once, checkpoints, exits 130."""
     work, sock, _ = served
-    proc = subprocess.Popen([sys.executable, "-m", "stages", "search", "--config", "ROBUST", "--seed", "0",
-                             "--prepared", "prep", "--out", "ctrlc/search"], cwd=work, env=_env(work, sock, "ctrlc"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = work / "ctrlc" / "search" / "log.txt"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (log.is_file() and "epoch 1/3" in log.read_text()):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the search finished before the signal arrived (machine too fast for this timing)")
-    assert proc.returncode == 130, err[-2000:]
-    _said_then_stopped(err, "stopped by signal 2 at step")
+    ctrl_c_after_epoch_1(work, _env(work, sock, "ctrlc"), "ctrlc/search")
 
 
 def test_no_server_or_a_refusal_falls_back_to_the_plain_run(served, tmp_path, capfd):
@@ -161,13 +149,7 @@ def auto(tmp_path):
                DARTS_CHECKPOINT_DIR=str(tmp_path / ".ck"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     yield env
-    for log in Path(runtime).rglob("*.log"):
-        for line in log.read_text().splitlines():
-            if line.startswith("stage server "):
-                try:
-                    os.kill(int(line.split()[2]), signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+    autoserver.stop_all(runtime)
     shutil.rmtree(runtime, ignore_errors=True)
 
 
