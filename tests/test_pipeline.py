@@ -91,8 +91,9 @@ def test_study_run_in_parallel_equals_serial_repro_and_survives_a_failed_chain(r
     assert "DARTS-1 FAILED" in out and "1 chain(s) failed: DARTS-1" in out, out
     assert "4/5 chains done" in out, out  # the three other runs and the variant finished
     assert not (par / "reports" / "table1.md").exists()
-    out = sh("darts study run --jobs 2", par)
+    out = sh("darts study run --jobs 2 --devices cpu,cpu", par)  # the README's GPU recipe, CPUs standing in
     assert "4 up to date" in out and "DARTS-1 done" in out and "Running stage 'aggregate'" in out, out
+    assert "2 jobs on cpu, cpu" in out, out
     assert json.loads(sh("dvc status --json", par).strip()) == {}
     assert "Running stage" not in sh("dvc repro", par)
     for config in ("DARTS", "FIMT_CRB"):
