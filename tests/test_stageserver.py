@@ -276,3 +276,16 @@ def test_one_interpreter_under_two_names_is_served(served, tmp_path):
                        env=_env(work, sock, "alias"), capture_output=True, text=True)
     assert r.returncode == 0 and "running in this process" not in r.stderr, r.stderr
     assert "check-params --out alias.ok" in log.read_text()
+
+
+def test_study_commands_never_go_through_a_server(tmp_path):
+    """`python -m stages study …` orchestrates (processes, signals) for hours: it runs in its own
+    process even when DARTS_STAGE_SERVER names a server (here an absent one: no fallback line)."""
+    env = dict(os.environ, DARTS_STAGE_SERVER=str(tmp_path / "absent"))
+    r = subprocess.run([sys.executable, "-m", "stages", "study", "--help"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "run" in r.stdout, r.stderr
+    assert "stage server" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "stages", "check-params", "--help"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert "unreachable" in r.stderr, r.stderr  # any other command does try the server
