@@ -131,7 +131,11 @@ def _run_chains(chains: list[Chain], jobs: int, device_list: list[str], cores: i
 
     procs: dict[str, tuple[subprocess.Popen, int, Chain, object]] = {}
     free_slots = list(range(jobs))
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's stop: like Ctrl-C
+    # SIGTERM (a scheduler's stop) acts like Ctrl-C, and SIGINT is set explicitly: a process
+    # started in the background of a non-interactive shell (`nohup ... &`, CI, a batch script)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so the
+    # one SIGINT that `darts study submit`'s task sends on preemption was lost (reproduced)
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while pending or procs:
             while pending and free_slots:
@@ -172,6 +176,7 @@ def _run_chains(chains: list[Chain], jobs: int, device_list: list[str], cores: i
         say("[study] interrupted: running chains saved their checkpoints; rerun `darts study run` to resume")
         return None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return board
 

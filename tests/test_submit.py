@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -149,7 +150,14 @@ def test_local_array_chain_preempted_mid_search_requeues_and_ends_bit_identical(
     said: list[str] = []
     out = type("Out", (), {"write": lambda self, s: said.append(s), "flush": lambda self: None})()
     opts = parse_options("local", "2", "0.5", None, "0", "1")
-    code, jobs = submit("params.yaml", opts, wait=False, out=out)
+    # the tasks start with SIGINT ignored, as every process started in the background of a
+    # non-interactive shell does (`nohup ... &`, a batch script): the shard must still stop on
+    # the task's SIGINT (it was lost there once, and this test failed only in such a CI run)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code, jobs = submit("params.yaml", opts, wait=False, out=out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 0 and len(jobs) == 2
     tasks, parts = make_tasks("params.yaml", opts, repo, repo / ".checkpoints")
     assert [[c.name for c in part] for part in parts] == [["DARTS-0"], ["variant"]]
