@@ -16,6 +16,9 @@ capabilities; they never compare a method's name.
   row picks the best of four searches at L2 ∈ {3, 9, 27, 81}·10⁻⁴ by validation performance (4 ×
   DARTS' cost); here one search per row, at ``search.r_darts_w_weight_decay`` (default: the top of
   their grid). README "Related-work rows".
+- ``fixed``: a given genotype (``genotype:``, a published name such as DARTS_V2 or a genotype's
+  text), retrained and tested with the same protocol: a study's calibration row
+  (``darts.fixed_genotype``). Like ``random`` it takes no search step.
 - ``darts_minus``: DARTS- (Chu et al. 2021, "DARTS-: robustly stepping out of performance
   collapse without indicators"): the same bilevel search with an auxiliary skip connection on
   every edge, outside α, scaled by β decaying linearly from 1 toward 0 over the search
@@ -30,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .fixed_genotype import resolve as resolve_genotype
+from .fixed_genotype import set_genotype_alpha
 from .sampling import draw_alpha
 
 #: the run dimensions a config entry may set (which ones, per method: Method.dimensions)
@@ -54,6 +59,9 @@ class Method:
     w_weight_decay_option: str | None = None
     # keyword options of the search network its runs build (DARTS-: {"aux_skip": True})
     network_options: dict[str, object] = field(default_factory=dict)
+    # config keys it requires besides `dimensions` (fixed: `genotype`), passed to set_alpha by
+    # name -> the check of a value (raises ValueError, one line, on a bad one)
+    options: dict[str, Callable[[object], object]] = field(default_factory=dict)
 
     @property
     def trains_supernet(self) -> bool:
@@ -86,6 +94,11 @@ register_method(Method(
     dimensions=DIMENSIONS, settings={"r_darts_w_weight_decay": R_DARTS_L2_GRID[-1]},
     w_weight_decay_option="r_darts_w_weight_decay"))
 register_method(Method(
+    "fixed", "a given genotype (a published name or its text), trained with the same protocol",
+    dimensions=(), optional=(),
+    fixed={"activation": "softmax", "schedule": "none", "regularization": "none", "order": 1},
+    set_alpha=set_genotype_alpha, options={"genotype": resolve_genotype}))
+register_method(Method(
     "darts_minus", "DARTS-: the bilevel search with an auxiliary skip on every edge, β from 1 to 0 (Chu et al. 2021)",
     dimensions=DIMENSIONS, network_options={"aux_skip": True}))
 
@@ -96,10 +109,10 @@ class Untrained:
 
     done = True
 
-    def __init__(self, net, set_alpha: Callable, seed: int):
+    def __init__(self, net, set_alpha: Callable, seed: int, **options):
         from .history import History
 
-        set_alpha(net, seed)
+        set_alpha(net, seed, **options)
         self.net, self.epoch, self.step, self.seconds = net, 0, 0, 0.0
         self.history = History(ops=list(net.ops))
         self.history.record_alpha(0, 0, net.weights())

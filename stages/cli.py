@@ -170,11 +170,16 @@ def scale(name: str = typer.Argument(..., help="quick | cifar-cpu | paper"), par
           related: Optional[bool] = typer.Option(
               None, "--related/--no-related",
               help="the related-work rows (stages/sets/related.yaml: R-DARTS (L2), FairDARTS, DARTS-, NASP); "
+                   "default: the preset's (paper: on; quick, cifar-cpu: off)"),
+          calibration: Optional[bool] = typer.Option(
+              None, "--calibration/--no-calibration",
+              help="the DARTS_V2 cell retrained with this study's protocol (stages/sets/calibration.yaml); "
                    "default: the preset's (paper: on; quick, cifar-cpu: off)")) -> None:
     """Switch params.yaml to a scale preset; then print what `dvc repro` costs on this device, from measured steps."""
     from . import scales as stage
 
-    new = _guard(stage.apply, name, params, dataset, root, None if related is None else {"related": related})
+    sets = {key: on for key, on in (("related", related), ("calibration", calibration)) if on is not None}
+    new = _guard(stage.apply, name, params, dataset, root, sets)
     typer.echo(f"params.yaml now at the {name!r} scale; run `dvc repro`")
     if estimate:
         typer.echo("timing a few steps of each network at these sizes (skip with --no-estimate)...")

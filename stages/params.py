@@ -23,7 +23,10 @@ DATASETS = ("synthetic", "cifar10", "imagefolder")
 #: data.normalize: auto = CIFAR's constants for cifar10, the training split's own statistics otherwise
 NORMALIZE = ("auto", "cifar", "dataset")
 MIN_SIDE = 8  # the smallest image side the networks take (two reductions leave 2 pixels)
-RUN_KEYS = ("method", "activation", "schedule", "regularization", "order")
+#: the keys of a run description: a method, the four dimensions, and the options a method
+#: adds (darts.methods: `fixed` takes `genotype`)
+RUN_KEYS = ("method", "activation", "schedule", "regularization", "order",
+            *dict.fromkeys(k for m in METHODS.values() for k in m.options))
 DIMENSION_CHOICES = {"activation": ACTIVATIONS, "schedule": SCHEDULES, "regularization": REGULARIZATIONS,
                      "order": (1, 2)}
 
@@ -44,6 +47,7 @@ class RunSpec:
     order: int
     seed: int
     method: str = "darts"  # darts.methods.METHODS: what searches (or samples) the genotype
+    options: tuple[tuple[str, object], ...] = ()  # the method's own config keys (fixed: genotype)
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -80,15 +84,21 @@ def check_run(where: str, entry: dict) -> None:
         raise ParamsError(f"{where} has unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(RUN_KEYS)}")
     _choice(f"{where}.method", entry.get("method", "darts"), tuple(METHODS))
     method = METHODS[entry.get("method", "darts")]
-    takes = ("method", *method.dimensions)
+    takes = ("method", *method.dimensions, *method.options)
     extra = [k for k in entry if k not in takes]
     if extra:
         raise ParamsError(f"{where} sets {', '.join(extra)}, which method {method.name!r} does not take; "
                           f"valid keys for it: {', '.join(takes)}")
-    for key in method.dimensions:
+    for key in (*method.dimensions, *method.options):
         if key not in entry and key not in method.optional:
             raise ParamsError(f"{where} is missing {key!r}; valid keys: {', '.join(takes)}")
-        _choice(f"{where}.{key}", entry.get(key, 1), DIMENSION_CHOICES[key])
+        if key in DIMENSION_CHOICES:
+            _choice(f"{where}.{key}", entry.get(key, 1), DIMENSION_CHOICES[key])
+    for key, check in method.options.items():
+        try:
+            check(entry[key])
+        except ValueError as e:
+            raise ParamsError(f"{where}.{key}: {e}") from None
 
 
 def resolve_run(entry: dict) -> dict:
@@ -96,7 +106,8 @@ def resolve_run(entry: dict) -> dict:
     does not take)."""
     method = METHODS[entry.get("method", "darts")]
     dims = {"order": 1, **method.fixed, **{k: entry[k] for k in method.dimensions if k in entry}}
-    return {"method": method.name, **{k: dims[k] for k in DIMENSION_CHOICES}}
+    return {"method": method.name, **{k: dims[k] for k in DIMENSION_CHOICES},
+            "options": tuple((k, entry[k]) for k in method.options)}
 
 
 def study_runs(params: dict) -> list[RunSpec]:
@@ -121,7 +132,7 @@ def run_spec(params: dict, config: str | None, seed: int | None) -> RunSpec:
         _choice("params.method", entry.get("method", "darts"), tuple(METHODS))
         method = METHODS[entry.get("method", "darts")]
         # the variant keys sit side by side at the top level: the method takes those it needs
-        entry = {k: v for k, v in entry.items() if k in ("method", *method.dimensions)}
+        entry = {k: v for k, v in entry.items() if k in ("method", *method.dimensions, *method.options)}
         check_run("params", entry)
         seed = _int("seed", params.get("seed", 0) if seed is None else seed)
         run = resolve_run(entry)
@@ -141,7 +152,8 @@ def run_spec(params: dict, config: str | None, seed: int | None) -> RunSpec:
         label = (params.get("labels") or {}).get(config, config)
     run = resolve_run(entry)
     return RunSpec(name=name, label=str(label), activation=run["activation"], schedule=run["schedule"],
-                   regularization=run["regularization"], order=int(run["order"]), seed=seed, method=run["method"])
+                   regularization=run["regularization"], order=int(run["order"]), seed=seed, method=run["method"],
+                   options=run["options"])
 
 
 def section(params: dict, key: str) -> dict:

@@ -7,7 +7,8 @@ names its own study (cifar-cpu is sized for its 7 rows). `--root` naming a folde
 
 Study sets (`stages/sets/<name>.yaml`: configs and labels) are switched on or off on top of
 the preset: `related`, the related-work rows, is what a preset's `related: true|false` says
-(paper: on; quick, cifar-cpu: off) unless `--related/--no-related` says otherwise. On adds the
+(paper: on; quick, cifar-cpu: off) unless `--related/--no-related` says otherwise; likewise
+`calibration`, the published DARTS_V2 cell retrained with the study's protocol. On adds the
 set's configs and labels after the study's own (an existing config of the same name is kept);
 off removes them. The other configs are untouched, so their stages keep their DVC hashes. Then
 `cost_report` says what `dvc repro` at the new scale costs on this device, from steps
@@ -25,7 +26,7 @@ from .params import DATASETS, ParamsError, load_params
 SCALES_DIR = Path(__file__).resolve().parent / "scales"
 SETS_DIR = Path(__file__).resolve().parent / "sets"
 #: study sets a preset (or the command line) switches on or off: preset key -> set file stem
-SET_SWITCHES = {"related": "related"}
+SET_SWITCHES = {"related": "related", "calibration": "calibration"}
 SCALE_KEYS = ("seeds", "data", "search", "retrain")
 STUDY_KEYS = ("configs", "labels")  # a preset may also name its study (cifar-cpu: the 7 rows it is sized for)
 HEADER = """\

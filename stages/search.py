@@ -129,7 +129,7 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
         net = SearchNetwork(make_activation(spec.activation), C=extra["C"], n_classes=len(train_set.classes),
                             layers=extra["layers"], generator=torch.Generator().manual_seed(spec.seed),
                             in_channels=train_set.channels).to(device)
-        return Untrained(net, method.set_alpha, spec.seed), {"train_fraction": None, "train": 0, "val": 0}, None
+        return Untrained(net, method.set_alpha, spec.seed, **dict(spec.options)), {"train_fraction": None, "train": 0, "val": 0}, None
     activation = make_activation(spec.activation, **{arg: extra[key] for arg, key in
                                                      ACTIVATIONS[spec.activation].options.items()})
     schedule = make_schedule(spec.schedule, k=extra["k"], lam=extra["fimt_lambda"], m=extra["fimt_m"],

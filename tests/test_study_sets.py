@@ -75,3 +75,21 @@ def test_each_row_is_valid_and_labelled_as_its_literature_row():
         check_run(f"configs.{name}", entry)
         row = paper_row(paper, SET["labels"][name])
         assert row is not None and row["source"] == "literature", name  # Table 1 shows its reported figure
+
+
+CALIBRATION = yaml.safe_load((ROOT / "stages" / "sets" / "calibration.yaml").read_text())
+
+
+def test_calibration_set_is_the_published_darts_v2_cell_on_at_paper_scale_only(params):
+    assert CALIBRATION["configs"] == {"DARTS_V2": {"method": "fixed", "genotype": "DARTS_V2"}}
+    check_run("configs.DARTS_V2", CALIBRATION["configs"]["DARTS_V2"])
+    scales.apply("paper", str(params))
+    p = yaml.safe_load(params.read_text())
+    assert p["configs"]["DARTS_V2"] == CALIBRATION["configs"]["DARTS_V2"] and "calibration" not in p
+    r = CliRunner().invoke(app, ["scale", "quick", "--params", str(params), "--calibration", "--no-estimate"])
+    assert r.exit_code == 0, r.output
+    p = yaml.safe_load(params.read_text())
+    assert list(p["configs"])[-1] == "DARTS_V2" and not set(SET["configs"]) & set(p["configs"])
+    assert p["labels"]["DARTS_V2"] == CALIBRATION["labels"]["DARTS_V2"]
+    scales.apply("quick", str(params))
+    assert "DARTS_V2" not in yaml.safe_load(params.read_text())["configs"]
