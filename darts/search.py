@@ -253,6 +253,12 @@ class Searcher:
         return row
 
     # --- checkpointing --------------------------------------------------------------
+    def running_loss(self) -> float | None:
+        """The mean training loss of the current epoch's steps so far (one host sync), or None
+        before its first step: what a live log shows between epochs."""
+        acc = self._acc
+        return None if not acc or not acc["steps"] else float(acc["loss_sum"]) / acc["steps"]
+
     def state_dict(self) -> dict:
         return {
             "net": self.net.state_dict(),

@@ -280,6 +280,12 @@ class Retrainer:
         self._acc = None
         return stats
 
+    def running_loss(self) -> float | None:
+        """The mean training loss of the current epoch's steps so far, on this process's shard
+        (one host sync), or None before its first step: what a live log shows between epochs."""
+        acc = self._acc
+        return None if not acc or not acc["n"] else float(acc["loss_sum"]) / acc["n"]
+
     def _epoch_sums(self) -> tuple[float, int, int]:
         """The epoch's loss sum, correct count and images, over all ranks when distributed."""
         acc = self._acc

@@ -20,6 +20,8 @@ PREPARED = typer.Option("data/prepared", "--prepared", help="folder written by p
 DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: $DARTS_DEVICE, else auto); "
                       "a machine setting, not a param")
 THREADS = typer.Option(None, "--threads", help="CPU threads, 0 = all cores (default: $DARTS_THREADS, else 1)")
+LIVE = typer.Option(None, "--live", help="folder for live metrics with DVCLive (metrics.json, plots/metrics/*.tsv), "
+                    "updated every epoch and every $DARTS_LIVE_EVERY steps (default 100); inside a DVC project")
 
 
 def _guard(fn, *args, **kwargs):
@@ -71,11 +73,11 @@ def prepare_split(params: str = PARAMS, out: str = typer.Option("data/prepared",
 @app.command()
 def search(out: str = typer.Option(..., "--out", help="output folder"), config: Optional[str] = CONFIG,
            seed: Optional[int] = SEED, params: str = PARAMS, prepared: str = PREPARED,
-           device: Optional[str] = DEVICE, threads: Optional[int] = THREADS) -> None:
+           device: Optional[str] = DEVICE, threads: Optional[int] = THREADS, live: Optional[str] = LIVE) -> None:
     """Run (or resume) the bilevel architecture search of one run."""
     from . import search as stage
 
-    _guard(stage.run, params, config, seed, prepared, out, device=device, threads=threads)
+    _guard(stage.run, params, config, seed, prepared, out, device=device, threads=threads, live=live)
 
 
 @app.command()
@@ -94,11 +96,11 @@ def retrain(genotype: str = typer.Option(..., "--genotype", help="genotype.json,
                                           "inline, or a published name (DARTS_V1, DARTS_V2, PC_DARTS, PDARTS)"),
             out: str = typer.Option(..., "--out"), config: Optional[str] = CONFIG, seed: Optional[int] = SEED,
             params: str = PARAMS, prepared: str = PREPARED, device: Optional[str] = DEVICE,
-            threads: Optional[int] = THREADS) -> None:
+            threads: Optional[int] = THREADS, live: Optional[str] = LIVE) -> None:
     """Train the evaluation network of a genotype from scratch (resumable)."""
     from . import retrain as stage
 
-    _guard(stage.run, params, config, seed, genotype, prepared, out, device=device, threads=threads)
+    _guard(stage.run, params, config, seed, genotype, prepared, out, device=device, threads=threads, live=live)
 
 
 @app.command()

@@ -36,6 +36,7 @@ from darts.space import Genotype, GenotypeError, genotype_format, parse_genotype
 from darts.train import RetrainConfig, Retrainer
 
 from .common import CHECKPOINT_ROOT, machine, reject_machine_settings, as_recorded, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, seed_everything
+from .livelog import LiveLog, check_live
 from .params import ParamsError, RunSpec, check_data, image_size, load_params, run_spec, section
 from .progress import Progress
 from .ranks import (Ranks, any_rank, check_shards, from_lead, rank_device, rank_rng, rank_seed, restore_rng,
@@ -181,7 +182,7 @@ def checkpoint_key(command: dict, digest=ckpt.file_digest) -> str:
 
 
 def run(params_path: str, config: str | None, seed: int | None, genotype_path: str, prepared: str, out: str,
-        device: str | None = None, threads: int | None = None) -> dict:
+        device: str | None = None, threads: int | None = None, live: str | None = None) -> dict:
     """Retrain one run; under `torchrun --nproc_per_node G` as one of G DDP processes."""
     ranks = Ranks.from_env()
     with said_once(ranks):
@@ -191,6 +192,7 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
         data_params = check_data(section(params, "data"))
         genotype, genotype_source = read_genotype(genotype_path)
         network = network_kind(extra, params)
+        check_live(live)
         # stages.common: --device/--threads, else DARTS_DEVICE/DARTS_THREADS
         device = rank_device(machine(device, threads), ranks)
         check_shards(cfg, ranks, device)
@@ -200,7 +202,7 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
             raise ParamsError(f"prepared data {prepared} holds {train_set.size[0]}x{train_set.size[1]} images but "
                               f"data.image_size={data_params.get('image_size')!r}; rerun `darts prepare-split`")
     job = Job(params_path, config, seed, genotype_path, prepared, out, spec, cfg, extra, data_params, genotype,
-              genotype_source, device, train_set, network)
+              genotype_source, device, train_set, network, live)
     if ranks.world == 1:
         return train(job, ranks)
     ranks = start_group(ranks, job.device)
@@ -229,6 +231,7 @@ class Job:
     device: torch.device
     train_set: ImageSet
     network: str  # darts.evalnet_imagenet.NETWORKS: retrain.network resolved for the image size
+    live: str | None = None  # the DVCLive folder (stages.livelog), written by rank 0
 
     def command(self) -> dict:
         """The arguments as `command.json` records them (for `darts clean`)."""
@@ -249,7 +252,7 @@ def build_model(job: Job, ranks: Ranks) -> EvalNetwork:
 
 
 def save_state(trainer: Retrainer, stream: BatchStream, curve: list[dict], ranks: Ranks, device: torch.device,
-               state_file: Path) -> None:
+               state_file: Path, live_rows: list | None = None) -> None:
     """Checkpoint the run (atomically); under DDP every rank calls it (collectives), rank 0 writes.
 
     One process writes exactly what it always did. Under DDP the trainer's state carries
@@ -258,13 +261,13 @@ def save_state(trainer: Retrainer, stream: BatchStream, curve: list[dict], ranks
     trainer_state = trainer.state_dict()
     if ranks.world == 1:
         ckpt.save_atomic({"trainer": trainer_state, "stream": stream.state_dict(), "curve": curve,
-                          "rng": torch.get_rng_state(),
+                          "live": live_rows or [], "rng": torch.get_rng_state(),
                           "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}, state_file)
         return
     rngs = to_lead(ranks, rank_rng(device))
     if ranks.lead:
         ckpt.save_atomic({"trainer": trainer_state, "stream": stream.state_dict(), "curve": curve,
-                          "rng": rngs[0]["cpu"], "cuda_rng": None, "rank_rng": rngs}, state_file)
+                          "live": live_rows or [], "rng": rngs[0]["cpu"], "cuda_rng": None, "rank_rng": rngs}, state_file)
 
 
 def resume(state: dict, trainer: Retrainer, stream: BatchStream, ranks: Ranks, job: Job, progress: Progress,
@@ -306,6 +309,7 @@ def train(job: Job, ranks: Ranks) -> dict:
         # rank 0 reads the checkpoint and sends it: every rank resumes from the same state,
         # and ranks on other machines need not see rank 0's file system
         state = from_lead(ranks, ckpt.load(state_file) if ranks.lead and state_file.is_file() else None)
+        metrics = LiveLog(job.live if ranks.lead else None, rows=(state or {}).get("live"))
         if state is not None:
             curve = resume(state, trainer, stream, ranks, job, progress, state_file)
         else:
@@ -314,9 +318,14 @@ def train(job: Job, ranks: Ranks) -> dict:
             progress.line(f"retrain {spec.label} seed {spec.seed}: {count_params_m(model):.3f}M params on {where}")
         steps = [0]
 
+        per_epoch = len(stream)
+
         def on_step(i: int, n: int) -> None:
             progress.step(i, n, None)
             steps[0] += 1
+            step = trainer.epoch * per_epoch + i  # global: the live log's x axis
+            if metrics.due(step) and i < per_epoch:  # an epoch's last step: its curve row follows
+                metrics.log(step, {"train_loss_running": trainer.running_loss()})
             fault_injection(steps[0], model)
 
         def should_stop() -> bool:
@@ -331,7 +340,7 @@ def train(job: Job, ranks: Ranks) -> dict:
                 progress.start_epoch(trainer.epoch + 1, trainer.epoch)
                 row = trainer.train_epoch(stream.epoch_batches(), should_stop=should_stop)
             if row is None:
-                save_state(trainer, stream, curve, ranks, device, state_file)
+                save_state(trainer, stream, curve, ranks, device, state_file, metrics.rows())
                 where = f"in epoch {trainer.epoch + 1}" if trainer.mid_epoch else f"after epoch {trainer.epoch}"
                 by = f"signal {stop.signum}" if stop.signum is not None else "a signal to another process"
                 progress.line(f"stopped by {by} {where}; checkpoint saved to "
@@ -344,7 +353,8 @@ def train(job: Job, ranks: Ranks) -> dict:
             row["epoch"] = trainer.epoch
             curve.append(row)
             progress.end_epoch(row, ("loss", "acc", "lr"))
-            save_state(trainer, stream, curve, ranks, device, state_file)
+            metrics.log(trainer.epoch * per_epoch, {k: row[k] for k in ("epoch", "loss", "acc", "lr")})
+            save_state(trainer, stream, curve, ranks, device, state_file, metrics.rows())
     return finish(job, ranks, model, curve, progress, state_file)
 
 

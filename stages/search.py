@@ -27,6 +27,7 @@ from darts.search import SearchConfig, Searcher, evaluate_supernet, final_ties
 from darts.supernet import SearchNetwork
 
 from .common import CHECKPOINT_ROOT, machine, reject_machine_settings, as_recorded, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, seed_everything
+from .livelog import LiveLog, check_live
 from .params import ParamsError, RunSpec, check_data, load_params, positive, run_spec, section
 from .progress import Progress
 from .runguard import Interrupted, RunLock, StopOnSignal
@@ -36,11 +37,17 @@ CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "alpha_ratio", 
                  "live_ops_normal", "live_ops_reduce", "w_lr")
 
 
+def curve_row(row: dict) -> dict:
+    """One epoch of the curve, flat: the values of CURVE_COLUMNS (None where absent)."""
+    flat = {**row, **{f"live_ops_{t}": n for t, n in (row.get("live_ops") or {}).items()}}
+    return {c: flat.get(c) for c in CURVE_COLUMNS}
+
+
 def write_curve(rows: list[dict], path: Path) -> None:
     """The per-epoch search curve as TSV (what `dvc plots` reads)."""
     lines = ["\t".join(CURVE_COLUMNS)]
     for r in rows:
-        flat = {**r, **{f"live_ops_{t}": n for t, n in (r.get("live_ops") or {}).items()}}
+        flat = curve_row(r)
         lines.append("\t".join("" if flat.get(c) is None else f"{flat[c]:.6g}" for c in CURVE_COLUMNS))
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
@@ -176,8 +183,9 @@ def checkpoint_key(command: dict, digest=ckpt.file_digest) -> str:
 
 
 def run(params_path: str, config: str | None, seed: int | None, prepared: str, out: str,
-        device: str | None = None, threads: int | None = None) -> dict:
+        device: str | None = None, threads: int | None = None, live: str | None = None) -> dict:
     spec, cfg, extra, data_params = settings(params_path, config, seed)
+    check_live(live)  # before any work: a bad --live or DARTS_LIVE_EVERY is one line
     device = machine(device, threads)  # stages.common: --device/--threads, else DARTS_DEVICE/DARTS_THREADS
     retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
     train_set = load_prepared(prepared, "train")
@@ -189,8 +197,10 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
     state_file = checkpoint_path("search", run_key(spec, cfg, extra, data_params, prepared), out_dir, command)
     progress = Progress(f"search {spec.label} seed {spec.seed}", cfg.epochs, out_dir / "log.txt")
     with RunLock(state_file.with_name("lock"), RunLock.for_dir(CHECKPOINT_ROOT, out_dir)), StopOnSignal() as stop:
-        if state_file.is_file():
-            searcher.load_state_dict(ckpt.load(state_file))
+        saved = ckpt.load(state_file) if state_file.is_file() else None
+        metrics = LiveLog(live, rows=(saved or {}).get("live"))
+        if saved is not None:
+            searcher.load_state_dict(saved)
             progress.line(f"resuming from {state_file} at epoch {searcher.epoch}/{cfg.epochs}, step {searcher.step}")
         else:
             progress.line(f"search {spec.label} ({spec.method}: {spec.activation}, {spec.schedule}, {spec.regularization}, "
@@ -198,7 +208,12 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
 
         def on_step(i: int, n: int, loss) -> None:
             progress.step(i, n, loss)
+            if metrics.due(searcher.step) and i < n:  # an epoch's last step: its curve row follows
+                metrics.log(searcher.step, {"train_loss_running": searcher.running_loss()})
             fault_injection(searcher.step, searcher.net)
+
+        def save() -> None:
+            ckpt.save_atomic({**searcher.state_dict(), "live": metrics.rows()}, state_file)
 
         while not searcher.done:
             # polled here too: a signal in an epoch's last step lets run_epoch finish the epoch,
@@ -208,13 +223,14 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
                 progress.start_epoch(searcher.epoch + 1, searcher.epoch)
                 row = searcher.run_epoch(on_step=on_step, should_stop=stop.is_set)
             if row is None:
-                ckpt.save_atomic(searcher.state_dict(), state_file)
+                save()
                 progress.line(f"stopped by signal {stop.signum} at step {searcher.step}; checkpoint saved to "
                               f"{state_file}; run the same command (or dvc repro) to resume")
                 raise Interrupted()
             progress.end_epoch(row, ("train_loss", "train_acc", "val_loss", "alpha_ratio", "penalty"))
+            metrics.log(searcher.step, curve_row(row))
             if searcher.epoch % extra["checkpoint_every"] == 0 or searcher.done:
-                ckpt.save_atomic(searcher.state_dict(), state_file)
+                save()
     # a method that trains no supernet has nothing to evaluate (its val_acc stays null)
     final = {} if val_eval is None else evaluate_supernet(searcher.net, val_eval.epoch_batches())
     net = searcher.net
@@ -240,6 +256,9 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_curve(searcher.history.epochs, out_dir / "epochs.tsv")
+    # the run's totals (prefixed as in runs.csv: `alpha_steps` alone is the per-epoch count above)
+    metrics.log(searcher.step, {f"search_{k}": summary.get(k, final.get(k))
+                                for k in ("val_acc", "w_steps", "alpha_steps", "pruned_ops")})
     ckpt.write_json_atomic(summary, out_dir / "search.json")
     progress.line(f"done in {searcher.seconds:.1f}s: val_acc {final.get('val_acc', float('nan')):.3f}, "
                   f"α steps {summary['alpha_steps']} / w steps {summary['w_steps']}; Π_S choices decided by a "

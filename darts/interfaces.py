@@ -1,0 +1,78 @@
+"""The written contracts of the search's plug-ins (in the spirit of NASLib's optimizer
+interface, without its god object): what `darts.search.Searcher` and the stages call on an
+activation, a schedule, a regularizer and a batch stream. Any object with these members
+works, registered or not; `tests/test_interfaces.py` holds every registered component to
+its protocol, so a new one that forgets a member fails there, not mid-search.
+
+The registries (the one list of names of each kind): ``darts.activations.ACTIVATIONS``,
+``darts.schedules.SCHEDULE_TYPES``, ``darts.regularizers.REGULARIZER_TYPES``,
+``darts.methods.METHODS``.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Activation(Protocol):
+    """Raw α (edges × ops) -> the op weights the supernet mixes with (paper §3.1)."""
+
+    name: str
+    ops: tuple[str, ...]                 # the candidate ops of its search space, in α column order
+    node_norm: bool                      # a non-affine BatchNorm after each node's edge sum (CRB)
+    prunes: bool                         # ops whose weight reaches 0 are masked for good
+    threshold: float | None              # its method's own discretization threshold, if any
+    box: tuple[float, float] | None      # α clipped into this box after each α update (NASP)
+    options: dict[str, str]              # constructor argument -> the params.search key setting it
+    alpha_weight_decay_option: str | None  # params.search key of its own α weight decay
+
+    def init_alpha(self, n_edges: int, generator: torch.Generator) -> torch.Tensor: ...
+    def __call__(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor: ...
+    def for_projection(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor: ...
+    def prune(self, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor | None: ...
+    def prune_all(self, alphas: dict[str, torch.Tensor], lives: dict[str, torch.Tensor]) -> dict: ...
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    """When to take an α step (paper §3.2): asked before each iteration, told after it."""
+
+    name: str
+    needs_fisher: bool                   # observe() wants F, the trace of the empirical Fisher
+
+    @property
+    def ratio(self) -> float: ...        # expected w steps per α step: fixes the train/val split
+
+    def alpha_step_due(self) -> bool: ...
+    def observe(self, took_alpha: bool, fisher: float | None = None) -> dict: ...  # what to log
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, d: dict) -> None: ...
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """A penalty on the α loss toward S (paper §3.3–3.4), with optional state."""
+
+    name: str
+
+    def penalty(self, net, progress: float) -> torch.Tensor | None: ...  # progress in [0, 1]
+    def after_alpha_step(self, net) -> dict: ...  # its own update after each α step; what to log
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, d: dict) -> None: ...
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """A resumable stream of (images, labels) batches (``darts.data.BatchStream``): the search
+    and the retrain ask it for one epoch at a time and checkpoint its position."""
+
+    def __len__(self) -> int: ...        # batches per epoch
+    def epoch_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...  # the rest of this epoch
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]: ...  # one batch, across epoch ends
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, d: dict) -> None: ...
+
+
+__all__ = ["Activation", "BatchSource", "Regularizer", "Schedule"]
