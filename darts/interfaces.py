@@ -75,4 +75,15 @@ class BatchSource(Protocol):
     def load_state_dict(self, d: dict) -> None: ...
 
 
-__all__ = ["Activation", "BatchSource", "Regularizer", "Schedule"]
+def configured(registry: dict[str, type], name: str, settings: dict, kind: str = "component"):
+    """The component ``registry[name]`` built from a settings mapping (params.search): each
+    constructor argument from the key its class names in ``options`` (argument -> key), so
+    a caller never lists another component's arguments, and a new component's keys reach it
+    without an edit anywhere else."""
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(registry)}")
+    cls = registry[name]
+    return cls(**{arg: settings[key] for arg, key in getattr(cls, "options", {}).items()})
+
+
+__all__ = ["Activation", "BatchSource", "Regularizer", "Schedule", "configured"]

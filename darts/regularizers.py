@@ -26,6 +26,8 @@ class NoRegularizer:
     """No penalty; also the base of stateless regularizers."""
 
     name = "none"
+    #: constructor argument -> the params.search key that sets it (``configured`` reads them)
+    options: dict[str, str] = {}
 
     def penalty(self, net, progress: float) -> torch.Tensor | None:
         return None
@@ -44,6 +46,7 @@ class Proximity(NoRegularizer):
     """PR, eq. 6: c·(ρp/2)·‖act(α) − Π_S(act(α))‖₂, c = fraction of the search done."""
 
     name = "pr"
+    options = {"rho": "pr_rho"}
 
     def __init__(self, rho: float = 0.1):
         self.rho = rho
@@ -67,6 +70,7 @@ class ADMM:
     """
 
     name = "admm"
+    options = {"rho": "admm_rho", "n": "admm_n", "discount": "admm_discount"}
 
     def __init__(self, rho: float = 0.1, n: int = 10, discount: float = 0.8):
         self.rho, self.n, self.discount = rho, n, discount
@@ -122,6 +126,7 @@ class ZeroOne(NoRegularizer):
     name = "zero_one"
     #: params.search keys it adds -> defaults (the one place they are written)
     settings = {"zero_one_weight": 10.0}
+    options = {"weight": "zero_one_weight"}
 
     def __init__(self, weight: float = settings["zero_one_weight"]):
         self.weight = weight
@@ -136,14 +141,8 @@ REGULARIZER_TYPES = {"none": NoRegularizer, "pr": Proximity, "admm": ADMM, "zero
 REGULARIZERS = tuple(REGULARIZER_TYPES)
 
 
-def make_regularizer(name: str, rho_pr: float = 0.1, rho_admm: float = 0.1, admm_n: int = 10,
-                     admm_discount: float = 0.8, zero_one_weight: float = ZeroOne.settings["zero_one_weight"]):
-    if name == "none":
-        return NoRegularizer()
-    if name == "pr":
-        return Proximity(rho=rho_pr)
-    if name == "admm":
-        return ADMM(rho=rho_admm, n=admm_n, discount=admm_discount)
-    if name == "zero_one":
-        return ZeroOne(weight=zero_one_weight)
-    raise ValueError(f"unknown regularization {name!r}; valid: {', '.join(REGULARIZERS)}")
+def make_regularizer(name: str, **kwargs):
+    """The regularizer called ``name``, built with its own constructor arguments."""
+    if name not in REGULARIZER_TYPES:
+        raise ValueError(f"unknown regularization {name!r}; valid: {', '.join(REGULARIZERS)}")
+    return REGULARIZER_TYPES[name](**kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass
@@ -18,6 +19,8 @@ class Constant:
     step: int = 0
     name: str = "constant"
     needs_fisher = False
+    #: constructor argument -> the params.search key that sets it (``configured`` reads them)
+    options: ClassVar[dict[str, str]] = {"k": "k"}
 
     @property
     def ratio(self) -> float:
@@ -37,8 +40,17 @@ class Constant:
         self.step = int(d["step"])
 
 
+@dataclass
+class Alternate(Constant):
+    """DARTS: an α step before every w step (Constant with k = 1)."""
+
+    k: int = 1
+    name: str = "alternate"
+    options: ClassVar[dict[str, str]] = {}
+
+
 def alternate() -> Constant:
-    return Constant(k=1, name="alternate")
+    return Alternate()
 
 
 #: FIMT's cycle at constant F: "k" (paper text, §3.2/§4.1: exactly k w steps per α step) or
@@ -78,6 +90,8 @@ class FIMT:
     step: int = 0
     name: str = "fimt"
     needs_fisher = True
+    options: ClassVar[dict[str, str]] = {"k": "k", "lam": "fimt_lambda", "m": "fimt_m",
+                                         "threshold": "fimt_threshold", "cycle": "fimt_cycle"}
     _started: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,7 +131,7 @@ class FIMT:
 
 SCHEDULES = ("alternate", "constant", "fimt")
 #: the class behind each name, for what a schedule can do without building one (needs_fisher)
-SCHEDULE_TYPES = {"alternate": Constant, "constant": Constant, "fimt": FIMT}
+SCHEDULE_TYPES = {"alternate": Alternate, "constant": Constant, "fimt": FIMT}
 
 
 def logs_fisher(name: str) -> bool:
@@ -126,16 +140,11 @@ def logs_fisher(name: str) -> bool:
     return bool(getattr(SCHEDULE_TYPES.get(name), "needs_fisher", False))
 
 
-def make_schedule(name: str, k: int = 10, lam: float = 0.2, m: float = 1.05, threshold: float = 1.0,
-                  fimt_cycle: str = "k"):
-    """The schedule called ``name``; ``fimt_cycle`` is FIMT's (see :class:`FIMT`), ignored otherwise."""
-    if name == "alternate":
-        return alternate()
-    if name == "constant":
-        return Constant(k=k)
-    if name == "fimt":
-        return FIMT(k=k, lam=lam, m=m, threshold=threshold, cycle=fimt_cycle)
-    raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+def make_schedule(name: str, **kwargs):
+    """The schedule called ``name``, built with its own constructor arguments."""
+    if name not in SCHEDULE_TYPES:
+        raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+    return SCHEDULE_TYPES[name](**kwargs)
 
 
 def train_fraction(ratio: float) -> float:

@@ -30,7 +30,8 @@ def validate(params: dict) -> int:
     """Check the study (configs × seeds), the variant run and every section; return the
     number of runs checked. Raises ParamsError with the first bad value."""
     from darts.data import split_indices
-    from darts.schedules import make_schedule, train_fraction
+    from darts.interfaces import configured
+    from darts.schedules import SCHEDULE_TYPES, train_fraction
 
     from .retrain import retrain_settings
     from .search import search_settings
@@ -58,8 +59,7 @@ def validate(params: dict) -> int:
         cfg, extra = search_settings(params, spec)
         if n_train is None or not METHODS[spec.method].trains_supernet:
             continue  # an ImageFolder of unknown size: the search stage checks the split itself
-        schedule = make_schedule(spec.schedule, k=extra["k"], lam=extra["fimt_lambda"], m=extra["fimt_m"],
-                                 threshold=extra["fimt_threshold"])
+        schedule = configured(SCHEDULE_TYPES, spec.schedule, extra, "schedule")
         frac = train_fraction(schedule.ratio)
         tr, va = split_indices(int(n_train), frac, int(data.get("seed", 0)))
         smallest = min(len(tr), len(va))

@@ -24,7 +24,8 @@ from darts.activations import make_activation
 from darts.evalnet_imagenet import build_network
 from darts.methods import METHODS
 from darts.hostmemory import retain_freed_memory
-from darts.schedules import make_schedule, train_fraction
+from darts.interfaces import configured
+from darts.schedules import SCHEDULE_TYPES, train_fraction
 from darts.space import DARTS_V2
 from darts.steptime import N_CLASSES, Clock, StepCost, reset_peak, time_retrain, time_search, warm_up_search
 from darts.supernet import SearchNetwork
@@ -129,7 +130,7 @@ def study_plan(params: dict) -> Plan:
     for spec in runs:
         if not METHODS[spec.method].trains_supernet:
             continue  # random sampling: no search step to pay for
-        ratio = make_schedule(spec.schedule, k=int(s.get("k", 10))).ratio
+        ratio = configured(SCHEDULE_TYPES, spec.schedule, search_settings(params, spec)[1], "schedule").ratio
         groups.setdefault((ratio, spec.order), []).append(spec.schedule)
     searches = tuple(SearchGroup(tuple(dict.fromkeys(names)), ratio, order, len(names),
                                  search_steps_per_epoch(n_train, int(s["batch_size"]), ratio))

@@ -13,8 +13,8 @@ import yaml
 
 from darts.activations import ACTIVATIONS as ACTIVATION_TYPES
 from darts.methods import METHODS
-from darts.regularizers import REGULARIZERS
-from darts.schedules import SCHEDULES
+from darts.regularizers import REGULARIZER_TYPES, REGULARIZERS
+from darts.schedules import SCHEDULE_TYPES, SCHEDULES
 
 # the valid names are the registries' (a new component is valid here without an edit)
 ACTIVATIONS = tuple(ACTIVATION_TYPES)
@@ -27,7 +27,9 @@ MIN_SIDE = 8  # the smallest image side the networks take (two reductions leave 
 #: adds (darts.methods: `fixed` takes `genotype`)
 RUN_KEYS = ("method", "activation", "schedule", "regularization", "order",
             *dict.fromkeys(k for m in METHODS.values() for k in m.options))
-DIMENSION_CHOICES = {"activation": ACTIVATIONS, "schedule": SCHEDULES, "regularization": REGULARIZATIONS,
+# the registries themselves (dicts: `in` and iteration see their names), so a component
+# registered after import (a user's own, a test's) is valid at once
+DIMENSION_CHOICES = {"activation": ACTIVATION_TYPES, "schedule": SCHEDULE_TYPES, "regularization": REGULARIZER_TYPES,
                      "order": (1, 2)}
 
 

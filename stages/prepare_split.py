@@ -79,6 +79,11 @@ def run(params_path: str, out: str) -> dict:
         "mean": list(train.mean),
         "std": list(train.std),
         "classes": train.classes,
+        # the seed of the search's train/val split: recorded so that data/prepared changes with
+        # it even where the images do not, and the search stages can depend on data/prepared
+        # alone instead of listing every data param in dvc.lock (measured: the lock's size is
+        # what DVC pays per stage, benchmarks/README.md)
+        "split_seed": int(d.get("seed", 0)),
     }
     write_json_atomic(meta, out_dir / "meta.json")
     return meta

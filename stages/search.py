@@ -8,6 +8,7 @@ and `epochs.tsv` (the per-epoch curve, declared as DVC plots for the variant cha
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, fields
@@ -19,10 +20,11 @@ from darts import checkpoint as ckpt
 from darts.activations import ACTIVATIONS, make_activation
 from darts.data import BatchStream, split_indices
 from darts.hostmemory import retain_freed_memory
+from darts.interfaces import configured
 from darts.methods import METHODS, Untrained
-from darts.regularizers import REGULARIZER_TYPES, make_regularizer
+from darts.regularizers import REGULARIZER_TYPES
 from darts.constraints import TIE_BREAKS
-from darts.schedules import FIMT_CYCLES, make_schedule, train_fraction
+from darts.schedules import FIMT_CYCLES, SCHEDULE_TYPES, train_fraction
 from darts.search import SearchConfig, Searcher, evaluate_supernet, final_ties
 from darts.supernet import SearchNetwork
 
@@ -54,8 +56,9 @@ def write_curve(rows: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-#: keys of params.search that are not SearchConfig fields
-EXTRA_KEYS = {
+#: keys of params.search that are not SearchConfig fields, besides the components' own
+#: (``component_settings``)
+BASE_KEYS = {
     "layers": 8, "C": 16, "k": 10, "fimt_lambda": 0.2, "fimt_m": 1.05, "fimt_threshold": 1.0,
     "pr_rho": 0.1, "admm_rho": 0.1, "admm_n": 10, "admm_discount": 0.8, "crb_alpha_weight_decay": 0.0,
     "crb_init_noise": 1e-4, "softmax_init_scale": 1e-3, "checkpoint_every": 1,
@@ -72,7 +75,10 @@ def component_settings() -> dict[str, object]:
     return out
 
 
-EXTRA_KEYS.update(component_settings())
+def extra_keys() -> dict[str, object]:
+    """Every params.search key that is not a SearchConfig field -> its default; read at each
+    call, so a component registered after import brings its keys with it."""
+    return {**BASE_KEYS, **component_settings()}
 
 
 def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
@@ -80,11 +86,12 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
     s = section(params, "search")
     reject_machine_settings("search", s)
     cfg_fields = {f.name for f in fields(SearchConfig)}
-    unknown = sorted(set(s) - cfg_fields - set(EXTRA_KEYS))
+    keys = extra_keys()
+    unknown = sorted(set(s) - cfg_fields - set(keys))
     if unknown:
         raise ParamsError(f"params.search has unknown key(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(sorted(cfg_fields | set(EXTRA_KEYS)))}")
-    extra = {k: s.get(k, v) for k, v in EXTRA_KEYS.items()}
+                          f"valid: {', '.join(sorted(cfg_fields | set(keys)))}")
+    extra = {k: s.get(k, v) for k, v in keys.items()}
     for key in component_settings():  # weights and decays: every component setting is a number >= 0
         v = extra[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
@@ -137,13 +144,10 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
                             layers=extra["layers"], generator=torch.Generator().manual_seed(spec.seed),
                             in_channels=train_set.channels).to(device)
         return Untrained(net, method.set_alpha, spec.seed, **dict(spec.options)), {"train_fraction": None, "train": 0, "val": 0}, None
-    activation = make_activation(spec.activation, **{arg: extra[key] for arg, key in
-                                                     ACTIVATIONS[spec.activation].options.items()})
-    schedule = make_schedule(spec.schedule, k=extra["k"], lam=extra["fimt_lambda"], m=extra["fimt_m"],
-                             threshold=extra["fimt_threshold"], fimt_cycle=extra["fimt_cycle"])
-    regularizer = make_regularizer(spec.regularization, rho_pr=extra["pr_rho"], rho_admm=extra["admm_rho"],
-                                   admm_n=extra["admm_n"], admm_discount=extra["admm_discount"],
-                                   zero_one_weight=extra["zero_one_weight"])
+    # each component takes the params.search keys its class names (``options``): none is listed here
+    activation = configured(ACTIVATIONS, spec.activation, extra, "activation")
+    schedule = configured(SCHEDULE_TYPES, spec.schedule, extra, "schedule")
+    regularizer = configured(REGULARIZER_TYPES, spec.regularization, extra, "regularization")
     frac = train_fraction(schedule.ratio)
     tr_idx, va_idx = split_indices(len(train_set), frac, data_seed)
     for part, idx in (("train", tr_idx), ("validation", va_idx)):
@@ -189,7 +193,13 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
     device = machine(device, threads)  # stages.common: --device/--threads, else DARTS_DEVICE/DARTS_THREADS
     retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
     train_set = load_prepared(prepared, "train")
-    searcher, split, val_eval = build(spec, cfg, extra, train_set, device, int(data_params.get("seed", 0)))
+    split_seed = int(data_params.get("seed", 0))
+    meta = Path(prepared) / "meta.json"
+    recorded = json.loads(meta.read_text()).get("split_seed", split_seed) if meta.is_file() else split_seed
+    if recorded != split_seed:  # dvc.yaml's search stages see data params through data/prepared only
+        raise ParamsError(f"prepared data {prepared} was made with data.seed={recorded} but params say "
+                          f"data.seed={split_seed}; rerun `darts prepare-split`")
+    searcher, split, val_eval = build(spec, cfg, extra, train_set, device, split_seed)
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

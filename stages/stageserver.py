@@ -44,7 +44,8 @@ from .stageclient import _FORWARDED, _MAX, _here, interpreter
 
 #: modules the server imports once: every stage that a chain runs, and the CLI
 PRELOAD = ("stages.cli", "stages.check_params", "stages.prepare_split", "stages.search", "stages.discretize",
-           "stages.retrain", "stages.test")
+           "stages.retrain", "stages.test",
+           "dvclive", "dvc.repo")  # what the live log (stages/livelog.py) imports in every search and retrain
 # --------------------------------------------------------------------------- lifecycle
 
 @contextmanager

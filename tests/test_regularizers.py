@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from darts.activations import CRB, Softmax
-from darts.regularizers import ADMM, NoRegularizer, Proximity, make_regularizer
+from darts.interfaces import configured
+from darts.regularizers import ADMM, REGULARIZER_TYPES, NoRegularizer, Proximity, make_regularizer
 from darts.space import N_EDGES
 from darts.supernet import SearchNetwork
 
@@ -146,11 +147,18 @@ def test_pr_on_real_search_network():
 
 def test_no_regularizer_and_factory():
     assert NoRegularizer().penalty(crb_net(), 0.5) is None
-    assert isinstance(make_regularizer("pr", rho_pr=0.3), Proximity) and make_regularizer("pr", rho_pr=0.3).rho == 0.3
-    a = make_regularizer("admm", rho_admm=0.2, admm_n=9, admm_discount=1.0)
+    assert isinstance(make_regularizer("pr", rho=0.3), Proximity) and make_regularizer("pr", rho=0.3).rho == 0.3
+    a = make_regularizer("admm", rho=0.2, n=9, discount=1.0)
     assert (a.rho, a.n, a.discount) == (0.2, 9, 1.0)
     with pytest.raises(ValueError, match="admm"):
         make_regularizer("l1")
+    # from params.search keys: each regularizer takes the keys its class names, and only those
+    search = {"pr_rho": 0.3, "admm_rho": 0.2, "admm_n": 9, "admm_discount": 1.0, "zero_one_weight": 2.5}
+    a = configured(REGULARIZER_TYPES, "admm", search)
+    assert (a.rho, a.n, a.discount) == (0.2, 9, 1.0) and configured(REGULARIZER_TYPES, "pr", search).rho == 0.3
+    assert configured(REGULARIZER_TYPES, "zero_one", search).weight == 2.5
+    with pytest.raises(ValueError, match="unknown regularization 'l1'; valid: none, pr, admm, zero_one"):
+        configured(REGULARIZER_TYPES, "l1", search, "regularization")
 
 
 # ------------------------------------------------------------------ ADMM -----------

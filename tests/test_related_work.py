@@ -69,7 +69,7 @@ def test_zero_one_through_the_sigmoid_by_hand():
     ln3 = math.log(3.0)
     a = torch.tensor([[ln3, 0.0]], dtype=torch.float64, requires_grad=True)
     net = FakeNet(Sigmoid(), {"normal": a})
-    pen = make_regularizer("zero_one", zero_one_weight=10.0).penalty(net, 0.0)
+    pen = make_regularizer("zero_one", weight=10.0).penalty(net, 0.0)
     # weights 3/4, 1/2: L01 = −(1/4)²/2 = −1/32; × 10 = −0.3125
     assert pen.item() == pytest.approx(-0.3125)
     pen.backward()
@@ -79,7 +79,7 @@ def test_zero_one_through_the_sigmoid_by_hand():
 
 def test_zero_one_weight_is_the_papers_and_settable():
     assert ZeroOne().weight == 10.0 and "zero_one" in REGULARIZERS
-    assert make_regularizer("zero_one", zero_one_weight=2.5).weight == 2.5
+    assert make_regularizer("zero_one", weight=2.5).weight == 2.5
 
 
 # --- R-DARTS (L2): the raised weight decay on w ----------------------------------------------

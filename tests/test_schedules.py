@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from darts.schedules import FIMT, Constant, alternate, make_schedule, train_fraction
+from darts.interfaces import configured
+from darts.schedules import FIMT, SCHEDULE_TYPES, Constant, alternate, make_schedule, train_fraction
 
 
 def run(schedule, fishers):
@@ -91,8 +92,11 @@ def test_fimt_scripted_sequence(cycle, d):
 def test_fimt_default_cycle_is_the_papers_and_bad_cycle_is_refused():
     assert FIMT().cycle == "k" and FIMT().down_exponent == 9
     assert make_schedule("fimt", k=10).down_exponent == 9
-    assert make_schedule("fimt", k=10, fimt_cycle="k+1").down_exponent == 10
-    assert make_schedule("constant", k=10, fimt_cycle="k+1").k == 10  # ignored by other schedules
+    assert make_schedule("fimt", k=10, cycle="k+1").down_exponent == 10
+    search = {"k": 10, "fimt_lambda": 0.2, "fimt_m": 1.05, "fimt_threshold": 1.0, "fimt_cycle": "k+1"}
+    assert configured(SCHEDULE_TYPES, "fimt", search).down_exponent == 10
+    assert configured(SCHEDULE_TYPES, "constant", search).k == 10  # takes k, not FIMT's keys
+    assert configured(SCHEDULE_TYPES, "alternate", search).k == 1 and make_schedule("alternate").name == "alternate"
     with pytest.raises(ValueError, match="valid: k, k\\+1"):
         FIMT(cycle="text")
 
