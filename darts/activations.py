@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .constraints import best_ops, candidate_edges_per_node, rank_in_node
+from .interfaces import Setting
 from .space import PRIMITIVES, search_ops
 
 
@@ -51,12 +52,14 @@ class Softmax:
     threshold: float | None = None
     #: the box α is clipped into after each α update (NASP's prox_C2); None: α is left as stepped
     box: tuple[float, float] | None = None
+    #: the params.search keys it reads -> defaults and valid values (the one place they are written)
+    settings = {"softmax_init_scale": Setting(1e-3)}
     #: constructor argument -> the params.search key that sets it
     options = {"init_scale": "softmax_init_scale"}
     #: the params.search key of this activation's own α weight decay (None: search.alpha_weight_decay)
     alpha_weight_decay_option: str | None = None
 
-    def __init__(self, init_scale: float = 1e-3):
+    def __init__(self, init_scale: float = settings["softmax_init_scale"].default):
         self.ops = search_ops("softmax")
         self.init_scale = init_scale
 
@@ -86,11 +89,12 @@ class CRB:
     prunes = True
     threshold: float | None = None
     box: tuple[float, float] | None = None
-    options = {"init_noise": "crb_init_noise"}
     # paper §4.1: no α weight decay with CRB (the authors' code kept 1e-3): its own setting, default 0
+    settings = {"crb_init_noise": Setting(1e-4), "crb_alpha_weight_decay": Setting(0.0)}
+    options = {"init_noise": "crb_init_noise"}
     alpha_weight_decay_option: str | None = "crb_alpha_weight_decay"
 
-    def __init__(self, init_noise: float = 1e-4):
+    def __init__(self, init_noise: float = settings["crb_init_noise"].default):
         self.ops = search_ops("crb")
         self.init_noise = init_noise
 

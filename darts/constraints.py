@@ -228,3 +228,13 @@ def derive_genotype(weights: dict[str, torch.Tensor], live: dict[str, torch.Tens
         normal_concat=concat,
         reduce_concat=concat,
     )
+
+
+def discretize(activation, alphas: dict[str, torch.Tensor], live: dict[str, torch.Tensor],
+               ops: tuple[str, ...], tie_break: str = TIE_BREAKS[0]) -> Genotype:
+    """Π_S of a search's final α: the genotype, as `darts discretize` writes it.
+
+    Π_S reads the activated α (``activation.for_projection``: NASP's continuous α, not its
+    one-hot forward) of the live ops; ``tie_break`` orders equal values (module docstring)."""
+    weights = {t: activation.for_projection(a, live[t]) for t, a in alphas.items()}
+    return derive_genotype(weights, live, ops, {t: tie_key(a, tie_break) for t, a in alphas.items()})

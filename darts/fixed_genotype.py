@@ -18,9 +18,8 @@ from __future__ import annotations
 import torch
 
 from .constraints import derive_genotype
-from .space import Genotype, GenotypeError, edges, parse_genotype
+from .space import CELL_TYPES, Genotype, GenotypeError, edges, parse_genotype
 
-CELLS = ("normal", "reduce")  # the order of SearchNetwork.arch_parameters()
 FIRST, SECOND = 2.0, 1.0  # the α of a node's first and second chosen pair (see the module docstring)
 
 
@@ -38,7 +37,7 @@ def genotype_alpha(genotype: Genotype, ops: tuple[str, ...]) -> dict[str, torch.
     """Per cell type, the α (edges × ops) that Π_S turns into ``genotype`` (module docstring)."""
     row_of = {(node, src): row for row, (node, src) in enumerate(edges())}
     alpha = {}
-    for cell in CELLS:
+    for cell in CELL_TYPES:
         a = torch.zeros(len(row_of), len(ops))
         for i, (op, src) in enumerate(getattr(genotype, cell)):
             if op not in ops:
@@ -55,7 +54,7 @@ def set_genotype_alpha(net, seed: int, genotype: str) -> None:
     the genotype back before any training depends on it."""
     target = resolve(genotype)
     alpha = genotype_alpha(target, tuple(net.ops))
-    for param, cell in zip(net.arch_parameters(), CELLS):
+    for param, cell in zip(net.arch_parameters(), CELL_TYPES):
         param.copy_(alpha[cell].to(param.device, param.dtype))
     derived = derive_genotype(net.weights(), net.live(), tuple(net.ops), None)
     if (derived.normal, derived.reduce) != (target.normal, target.reduce):  # an invariant, not user input

@@ -10,9 +10,47 @@ The registries (the one list of names of each kind): ``darts.activations.ACTIVAT
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Iterable, Protocol, runtime_checkable
 
 import torch
+
+
+#: what a Setting's ``rule`` admits, and how its error says so
+RULES = {
+    "number>=0": (lambda v: v >= 0, "must be a number >= 0"),
+    "positive": (lambda v: v > 0, "must be a positive number"),
+    "positive_int": (lambda v: isinstance(v, int) and v > 0, "must be a positive integer"),
+    "unit": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "above_one": (lambda v: v > 1, "must be a number > 1"),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A params.search key that a component adds: its default, written only here (the
+    component's constructor takes it from here too), and the values it admits: a numeric
+    ``rule`` (RULES), or ``choices``, (text, what it means) pairs. A plain value in a
+    component's ``settings`` is ``Setting(value)``: a number >= 0."""
+
+    default: object
+    rule: str = "number>=0"
+    choices: tuple[tuple[str, str], ...] = ()
+
+    def problem(self, value: object) -> str | None:
+        """What is wrong with ``value`` (the end of a one-line error), or None."""
+        if self.choices:
+            if value in dict(self.choices):
+                return None
+            return "valid: " + ", ".join(f"{c} ({meaning})" for c, meaning in self.choices)
+        ok, says = RULES[self.rule]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if number and ok(value) else says
+
+
+def as_setting(value: object) -> Setting:
+    return value if isinstance(value, Setting) else Setting(value)
 
 
 @runtime_checkable
@@ -86,4 +124,4 @@ def configured(registry: dict[str, type], name: str, settings: dict, kind: str =
     return cls(**{arg: settings[key] for arg, key in getattr(cls, "options", {}).items()})
 
 
-__all__ = ["Activation", "BatchSource", "Regularizer", "Schedule", "configured"]
+__all__ = ["Activation", "BatchSource", "Regularizer", "Schedule", "Setting", "as_setting", "configured"]

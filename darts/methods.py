@@ -24,8 +24,8 @@ capabilities; they never compare a method's name.
   every edge, outside α, scaled by β decaying linearly from 1 toward 0 over the search
   (``network_options``: ``darts.supernet``'s ``aux_skip``).
 
-A method may add params.search keys (``settings``: key -> default, the one place the default is
-written) and name the one that replaces ``search.w_weight_decay`` for its runs
+A method may add params.search keys (``settings``: key -> ``darts.interfaces.Setting``, or a
+plain default for a number >= 0; the one place the default is written) and name the one that replaces ``search.w_weight_decay`` for its runs
 (``w_weight_decay_option``), as an activation names its own α weight decay.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Method:
     # None: a supernet is trained by the bilevel Searcher. Else: how α is set instead, as
     # f(supernet, seed); the search then takes no step and costs nothing.
     set_alpha: Callable | None = None
-    # params.search keys this method adds -> their defaults (validated and hashed like the others)
+    # params.search keys this method adds -> Setting or plain default (validated and hashed like the others)
     settings: dict[str, object] = field(default_factory=dict)
     # the key of `settings` whose value is this method's weight decay on w (None: search.w_weight_decay)
     w_weight_decay_option: str | None = None

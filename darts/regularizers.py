@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .constraints import project
+from .interfaces import Setting
 
 
 def _l2(x: torch.Tensor) -> torch.Tensor:
@@ -46,9 +47,11 @@ class Proximity(NoRegularizer):
     """PR, eq. 6: c·(ρp/2)·‖act(α) − Π_S(act(α))‖₂, c = fraction of the search done."""
 
     name = "pr"
+    #: params.search keys it reads -> defaults and valid values (the one place they are written)
+    settings = {"pr_rho": Setting(0.1, "positive")}
     options = {"rho": "pr_rho"}
 
-    def __init__(self, rho: float = 0.1):
+    def __init__(self, rho: float = settings["pr_rho"].default):
         self.rho = rho
 
     def penalty(self, net, progress: float) -> torch.Tensor:
@@ -70,9 +73,12 @@ class ADMM:
     """
 
     name = "admm"
+    settings = {"admm_rho": Setting(0.1, "positive"), "admm_n": Setting(10, "positive_int"),
+                "admm_discount": Setting(0.8, "unit")}
     options = {"rho": "admm_rho", "n": "admm_n", "discount": "admm_discount"}
 
-    def __init__(self, rho: float = 0.1, n: int = 10, discount: float = 0.8):
+    def __init__(self, rho: float = settings["admm_rho"].default, n: int = settings["admm_n"].default,
+                 discount: float = settings["admm_discount"].default):
         self.rho, self.n, self.discount = rho, n, discount
         self.z: dict[str, torch.Tensor] = {}
         self.u: dict[str, torch.Tensor] = {}
@@ -124,11 +130,10 @@ class ZeroOne(NoRegularizer):
     """
 
     name = "zero_one"
-    #: params.search keys it adds -> defaults (the one place they are written)
-    settings = {"zero_one_weight": 10.0}
+    settings = {"zero_one_weight": Setting(10.0)}
     options = {"weight": "zero_one_weight"}
 
-    def __init__(self, weight: float = settings["zero_one_weight"]):
+    def __init__(self, weight: float = settings["zero_one_weight"].default):
         self.weight = weight
 
     def penalty(self, net, progress: float) -> torch.Tensor:

@@ -17,11 +17,10 @@ import torch
 
 from .activations import make_activation
 from .constraints import derive_genotype, tie_key
-from .space import N_EDGES, Genotype, search_ops
+from .space import CELL_TYPES, N_EDGES, Genotype, search_ops
 
 #: added to the run's seed so the α draw is not the stream that initialised the weights
 STREAM = 104_729
-CELLS = ("normal", "reduce")  # the order of SearchNetwork.arch_parameters()
 
 
 def _draws(shapes: list[torch.Size], seed: int) -> list[torch.Tensor]:
@@ -42,7 +41,7 @@ def sample_genotype(seed: int, activation: str = "softmax") -> Genotype:
     `darts discretize` applies it), without building a network."""
     act = make_activation(activation)
     ops = search_ops(activation)
-    alpha = dict(zip(CELLS, _draws([torch.Size((N_EDGES, len(ops)))] * 2, seed)))
-    live = {t: torch.ones(N_EDGES, len(ops), dtype=torch.bool) for t in CELLS}
+    alpha = dict(zip(CELL_TYPES, _draws([torch.Size((N_EDGES, len(ops)))] * 2, seed)))
+    live = {t: torch.ones(N_EDGES, len(ops), dtype=torch.bool) for t in CELL_TYPES}
     return derive_genotype({t: act(a, live[t]) for t, a in alpha.items()}, live, ops,
                            {t: tie_key(a, "raw_alpha") for t, a in alpha.items()})

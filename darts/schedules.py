@@ -10,12 +10,19 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .interfaces import Setting
+
+#: the params.search key shared by the constant and FIMT schedules: w steps per α step
+K_SETTING = Setting(10, "positive_int")
+
 
 @dataclass
 class Constant:
     """One α step every k-th w step: ``(step + 1) % k == 0``. k = 1 is DARTS' alternate."""
 
-    k: int = 10
+    #: the params.search keys it reads -> their defaults and valid values (the one place written)
+    settings: ClassVar[dict[str, Setting]] = {"k": K_SETTING}
+    k: int = K_SETTING.default
     step: int = 0
     name: str = "constant"
     needs_fisher = False
@@ -81,11 +88,17 @@ class FIMT:
     is k + 1 = 11 w steps per α step, though the data split still assumes k (``ratio``).
     """
 
-    k: int = 10
-    lam: float = 0.2
-    m: float = 1.05
-    threshold: float = 1.0
-    cycle: str = "k"
+    settings: ClassVar[dict[str, Setting]] = {
+        "k": K_SETTING, "fimt_lambda": Setting(0.2, "unit"), "fimt_m": Setting(1.05, "above_one"),
+        "fimt_threshold": Setting(1.0, "positive"),  # the paper's T0 (§4.1)
+        "fimt_cycle": Setting("k", choices=(("k", "paper: k w steps per α step at constant Fisher trace"),
+                                            ("k+1", "the authors' code"))),
+    }
+    k: int = K_SETTING.default
+    lam: float = settings["fimt_lambda"].default
+    m: float = settings["fimt_m"].default
+    threshold: float = settings["fimt_threshold"].default
+    cycle: str = settings["fimt_cycle"].default
     fbar: float = 0.0
     step: int = 0
     name: str = "fimt"

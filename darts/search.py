@@ -4,14 +4,20 @@ One iteration, as in paper-notes: if the schedule wants an α step, take the nex
 validation batch and step α on cross-entropy + regularizer (then prune); then one w
 step on a training batch on plain cross-entropy. The three paper dimensions are
 plug-ins: the activation lives in the network, the schedule and the regularizer are
-objects with a few methods; this loop never branches on their names.
+objects with a few methods (darts.interfaces); this loop never branches on their names.
+
+The Python API: ``Searcher.iterate(x, y)`` is one iteration on a batch of the caller's and
+returns a ``StepRecord`` (losses, the schedule's decision and log, α's gradient, the
+penalty, the second-order Hessian term, what was pruned); ``run_epoch`` is that over one
+epoch of the training stream plus the epoch's bookkeeping. Optimizers and the w learning
+rate schedule may be passed in. README "Python API" shows it end to end.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,18 +94,50 @@ def make_optimizers(w_params, a_params, cfg: SearchConfig,
     return w_opt, a_opt
 
 
+@dataclass
+class StepRecord:
+    """What one iteration did (``Searcher.iterate``). Tensors stay on the network's device and
+    are not copied: reading one (``float(r.w_loss)``) is a host sync, which the loop itself
+    never does. The α fields are None on iterations without an α step."""
+
+    step: int                          # this iteration's index (its w step), from 0 over the search
+    epoch: int                         # the epoch it belongs to, from 0
+    alpha_step: bool                   # the schedule's decision before the iteration
+    schedule: dict                     # what the schedule logged after it (FIMT: F, F̄, T, …)
+    w_loss: torch.Tensor               # training cross-entropy of the w step's batch
+    w_correct: torch.Tensor            # correct predictions in that batch
+    grad_norm: torch.Tensor            # ‖∇w L_train‖ before clipping: its square is the Fisher trace F
+    val_loss: torch.Tensor | None = None              # the α step's validation cross-entropy (2nd order: at w′)
+    penalty: torch.Tensor | None = None               # the regularizer's value in that step
+    alpha_grad: dict[str, torch.Tensor] | None = None  # per cell type: the gradient α stepped on (CE + penalty)
+    hessian_term: dict[str, torch.Tensor] | None = None  # second order: the Hessian term inside alpha_grad
+    pruned: dict[str, torch.Tensor] | None = None     # per cell type: ops this α step pruned (CRB), as masks
+    regularizer: dict | None = None                   # what the regularizer logged after the α step (ADMM)
+
+
 class Searcher:
-    """Holds the search state (network, optimizers, schedule, regularizer, history)."""
+    """Holds the search state (network, optimizers, schedule, regularizer, history).
+
+    ``optimizers=(w_opt, a_opt)`` and ``w_sched`` replace DARTS' (SGD with momentum, Adam,
+    cosine annealing per epoch; a second-order search reads lr, momentum and weight decay
+    from w_opt's first group, as DARTS' unrolled step does). ``train_stream`` may be None for
+    a caller that only calls ``iterate`` with batches of its own; ``total_steps`` then says how
+    long the search is (the regularizers' schedules run on step / total_steps)."""
 
     def __init__(self, net: SearchNetwork, cfg: SearchConfig, schedule, regularizer,
-                 train_stream, val_stream):
+                 train_stream, val_stream, *, optimizers: Sequence[torch.optim.Optimizer] | None = None,
+                 w_sched=None, total_steps: int | None = None):
         cfg.validate()
+        if train_stream is None and total_steps is None:
+            raise ValueError("Searcher needs a train_stream or total_steps (the search's length in w steps)")
         self.net, self.cfg, self.schedule, self.reg = net, cfg, schedule, regularizer
         self.train_stream, self.val_stream = train_stream, val_stream
+        self._total_steps = total_steps
         self.w_params = net.weight_parameters()
         self.a_params = net.arch_parameters()
-        self.w_opt, self.a_opt = make_optimizers(self.w_params, self.a_params, cfg)
-        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs, eta_min=cfg.w_lr_min)
+        self.w_opt, self.a_opt = optimizers or make_optimizers(self.w_params, self.a_params, cfg)
+        self.w_sched = w_sched if w_sched is not None else torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.w_opt, T_max=cfg.epochs, eta_min=cfg.w_lr_min)
         self.epoch = 0
         self.step = 0
         self.seconds = 0.0
@@ -113,7 +151,7 @@ class Searcher:
 
     @property
     def total_steps(self) -> int:
-        return self.cfg.epochs * self.steps_per_epoch
+        return self._total_steps if self._total_steps is not None else self.cfg.epochs * self.steps_per_epoch
 
     @property
     def done(self) -> bool:
@@ -125,35 +163,42 @@ class Searcher:
 
     # --- one α step -------------------------------------------------------------
     def alpha_step(self, train_batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        """One α step on the validation stream's next batch (second order unrolls on
+        ``train_batch``, the coming w step's); returns StepRecord's α fields."""
         x, y = self.val_stream.next()
         self.a_opt.zero_grad(set_to_none=True)
         with self._autocast():  # the forward passes and losses only; the updates below stay float32
-            ce, pen, grads = self._alpha_grads(train_batch, x, y)
+            ce, pen, grads, hessian = self._alpha_grads(train_batch, x, y)
         for p, g in zip(self.a_params, grads):
             p.grad = g
         self.a_opt.step()
         newly = self.net.prune()
         info = self.reg.after_alpha_step(self.net)
+        pen = None if pen is None else pen.detach()
         self.history.record_alpha(self.step, self.epoch, self.net.weights(), newly=newly,
-                                  penalty=None if pen is None else pen.detach(), val_loss=ce.detach(), info=info)
-        return info
+                                  penalty=pen, val_loss=ce.detach(), info=info)
+        names = list(self.net.alphas())  # arch_parameters() order
+        return {"val_loss": ce.detach(), "penalty": pen, "alpha_grad": dict(zip(names, grads)),
+                "hessian_term": None if hessian is None else dict(zip(names, hessian)),
+                "pruned": newly, "regularizer": info}
 
     def _alpha_grads(self, train_batch, x: torch.Tensor, y: torch.Tensor):
-        """(validation CE, penalty or None, α gradients of CE + penalty) for one α step."""
+        """(validation CE, penalty or None, α gradients of CE + penalty, the Hessian term or
+        None) for one α step."""
         if self.cfg.order == 2:
-            from .unrolled import unrolled_alpha_grads
+            from .unrolled import unrolled_alpha_grad_terms
 
-            ce, grads = unrolled_alpha_grads(self.net, self.w_opt, train_batch, (x, y),
-                                             self.cfg.unrolled_eps, self.cfg.unrolled_bn_stats)
+            ce, grads, hessian = unrolled_alpha_grad_terms(self.net, self.w_opt, train_batch, (x, y),
+                                                           self.cfg.unrolled_eps, self.cfg.unrolled_bn_stats)
             pen = self.reg.penalty(self.net, self.step / self.total_steps)
             if pen is not None:
                 grads = [g + pg for g, pg in zip(grads, torch.autograd.grad(pen, self.a_params))]
-            return ce, pen, grads
+            return ce, pen, grads, hessian
         ce = F.cross_entropy(self.net(x).float(), y)
         pen = self.reg.penalty(self.net, self.step / self.total_steps)
         total = ce if pen is None else ce + pen
         # grads w.r.t. α only: autograd skips the weight gradients DARTS computes and discards
-        return ce, pen, torch.autograd.grad(total, self.a_params)
+        return ce, pen, list(torch.autograd.grad(total, self.a_params)), None
 
     # --- one w step -------------------------------------------------------------
     def w_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -173,6 +218,32 @@ class Searcher:
         self.w_opt.step()
         correct = (logits.detach().argmax(1) == y).sum()
         return loss.detach(), correct, norm
+
+    # --- one iteration --------------------------------------------------------------
+    def iterate(self, x: torch.Tensor, y: torch.Tensor) -> StepRecord:
+        """One iteration of the bilevel loop on the training batch (x, y): an α step first if
+        the schedule asks for one (on the validation stream's next batch), then one w step.
+        The search's unit for a caller that brings its own batches; ``run_epoch`` is this over
+        an epoch of the training stream, plus the epoch's bookkeeping (the w lr schedule, the
+        network's per-epoch schedule, the epoch's row)."""
+        took = self.schedule.alpha_step_due()
+        alpha: dict = {}
+        with self.net.reusing_packs():  # both steps' forwards share one packing of the weights
+            if took:
+                alpha = self.alpha_step((x, y))
+            loss, correct, norm = self.w_step(x, y)  # its last act: the (fused) weight update
+        fisher = None
+        if self.schedule.needs_fisher:
+            fisher = float(norm) ** 2
+            if not math.isfinite(fisher):
+                raise NonFiniteError(f"non-finite weight gradient at step {self.step}; stopping "
+                                     "(the last checkpoint is kept)")
+        logged = self.schedule.observe(took, fisher)
+        self.history.record_step(self.step, took, logged)
+        record = StepRecord(step=self.step, epoch=self.epoch, alpha_step=took, schedule=logged,
+                            w_loss=loss, w_correct=correct, grad_norm=norm, **alpha)
+        self.step += 1
+        return record
 
     # --- one epoch ------------------------------------------------------------------
     def _fresh_accumulators(self) -> dict:
@@ -200,29 +271,16 @@ class Searcher:
         t0 = time.perf_counter()
         n_steps = self.steps_per_epoch
         for x, y in self.train_stream.epoch_batches():
-            took = self.schedule.alpha_step_due()
-            with self.net.reusing_packs():  # both steps' forwards share one packing of the weights
-                if took:
-                    self.alpha_step((x, y))
-                    acc["alpha_steps"] += 1
-                loss, correct, norm = self.w_step(x, y)  # its last act: the (fused) weight update
-            fisher = None
-            if self.schedule.needs_fisher:
-                fisher = float(norm) ** 2
-                if not math.isfinite(fisher):
-                    raise NonFiniteError(f"non-finite weight gradient at step {self.step}; stopping "
-                                         "(the last checkpoint is kept)")
-            logged = self.schedule.observe(took, fisher)
-            self.history.record_step(self.step, took, logged)
-            bad = ~torch.isfinite(loss) & (acc["first_bad"] < 0)
-            acc["first_bad"] = torch.where(bad, torch.full_like(acc["first_bad"], self.step), acc["first_bad"])
-            acc["loss_sum"] += loss
-            acc["correct"] += correct
+            r = self.iterate(x, y)
+            acc["alpha_steps"] += r.alpha_step
+            bad = ~torch.isfinite(r.w_loss) & (acc["first_bad"] < 0)
+            acc["first_bad"] = torch.where(bad, torch.full_like(acc["first_bad"], r.step), acc["first_bad"])
+            acc["loss_sum"] += r.w_loss
+            acc["correct"] += r.w_correct
             acc["seen"] += y.shape[0]
             acc["steps"] += 1
-            self.step += 1
             if on_step is not None:
-                on_step(acc["steps"], n_steps, loss)
+                on_step(acc["steps"], n_steps, r.w_loss)
             if should_stop is not None and should_stop() and acc["steps"] < n_steps:
                 acc["seconds"] += time.perf_counter() - t0
                 self.seconds += time.perf_counter() - t0

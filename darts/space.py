@@ -25,6 +25,8 @@ PRIMITIVES: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 N_NODES = 4
+#: the two cells of a DARTS network, in the order of their α (SearchNetwork.arch_parameters())
+CELL_TYPES = ("normal", "reduce")
 N_INPUTS = 2
 CONCAT = tuple(range(N_INPUTS, N_INPUTS + N_NODES))  # (2, 3, 4, 5)
 

@@ -22,14 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .constraints import discretize
 from .depthwise import dilation_plan
 from .edgebatch import PackCache, batchable, forward_many
 from .hostcopy import HostCopy
 from .ops import (DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN, SepConv, Shared, as_shared, batch_norm,
                   build_op, preprocess, to_fast_layout)
-from .space import N_INPUTS, N_NODES, edges
-
-CELL_TYPES = ("normal", "reduce")
+from .space import CELL_TYPES, N_INPUTS, N_NODES, edges
 
 
 def accumulate(acc: torch.Tensor | None, y: torch.Tensor, scale: torch.Tensor | None = None,
@@ -270,6 +269,13 @@ class SearchNetwork(nn.Module):
     def weights(self) -> dict[str, torch.Tensor]:
         """act(α) per cell type, pruned ops at exactly 0."""
         return {t: self.activation(a, self.live()[t]) for t, a in self.alphas().items()}
+
+    @torch.no_grad()
+    def genotype(self, tie_break: str = "raw_alpha"):
+        """Π_S of the current α: the discrete cell pair (``darts.space.Genotype``) that
+        `darts discretize` would derive from this network (``darts.constraints.discretize``)."""
+        alphas = {t: a.detach() for t, a in self.alphas().items()}
+        return discretize(self.activation, alphas, self.live(), tuple(self.ops), tie_break)
 
     @torch.no_grad()
     def prune(self) -> dict[str, torch.Tensor] | None:

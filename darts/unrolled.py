@@ -26,6 +26,7 @@ the real model). tests/test_unrolled.py pins both.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -86,14 +87,31 @@ def finite_difference_hvp(net, train_batch, vector: list[torch.Tensor], eps_scal
     return [(gp - gn) / (2 * eps) for gp, gn in zip(g_pos, g_neg)]
 
 
+class UnrolledGrads(NamedTuple):
+    """One second-order α gradient and its two terms (per α tensor, in ``arch_parameters()`` order)."""
+
+    val_loss: torch.Tensor        # L_val(w′, α)
+    grads: list[torch.Tensor]     # ∇α L_val(w′, α) + hessian: what α steps on
+    hessian: list[torch.Tensor]   # −ξ · [∇α L_train(w⁺) − ∇α L_train(w⁻)] / (2ε): the second-order term
+
+
 def unrolled_alpha_grads(net, w_opt: torch.optim.SGD, train_batch, val_batch, eps_scale: float = 0.01,
-                         bn_stats: str = "untouched"):
+                         bn_stats: str = "untouched") -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(L_val at the unrolled weights, α gradients) for one second-order α step.
 
     The network's weights are left exactly as they were (the unrolled step is undone); its BN
     running statistics too with ``bn_stats="untouched"``, all but those of the three
     train-batch passes with ``"darts"`` (module docstring). The gradients are the same.
+    ``unrolled_alpha_grad_terms`` returns the Hessian term apart as well.
     """
+    terms = unrolled_alpha_grad_terms(net, w_opt, train_batch, val_batch, eps_scale, bn_stats)
+    return terms.val_loss, terms.grads
+
+
+def unrolled_alpha_grad_terms(net, w_opt: torch.optim.SGD, train_batch, val_batch, eps_scale: float = 0.01,
+                              bn_stats: str = "untouched") -> UnrolledGrads:
+    """``unrolled_alpha_grads`` with the second-order (Hessian-vector) term returned apart,
+    for a caller that studies it (``darts.search.StepRecord.hessian_term``)."""
     if bn_stats not in BN_STATS:
         raise ValueError(f"unknown bn_stats {bn_stats!r}; valid: {', '.join(BN_STATS)}")
     bufs = running_stat_buffers(net)
@@ -127,4 +145,5 @@ def _unrolled(net, w_opt, train_batch, val_batch, eps_scale: float, keep_at_w_pr
         for p, b in zip(w, backup):
             p.copy_(b)
     hvp = finite_difference_hvp(net, train_batch, g_w, eps_scale)
-    return loss_val.detach(), [ga - lr * h for ga, h in zip(g_alpha, hvp)]
+    hessian = [-lr * h for h in hvp]
+    return UnrolledGrads(loss_val.detach(), [ga + hh for ga, hh in zip(g_alpha, hessian)], hessian)

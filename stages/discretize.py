@@ -21,7 +21,8 @@ import torch
 
 from darts.activations import make_activation
 from darts.checkpoint import write_json_atomic
-from darts.constraints import TIE_BREAKS, derive_genotype, threshold_cell, tie_key
+from darts.constraints import TIE_BREAKS, discretize, threshold_cell, tie_key
+from darts.space import CELL_TYPES
 
 from .params import ParamsError
 
@@ -38,19 +39,18 @@ def run(search_dir: str, out: str) -> dict:
     if tie_break not in TIE_BREAKS:
         raise ParamsError(f"{path} records tie_break={tie_break!r}; valid: {', '.join(TIE_BREAKS)}")
     state = saved["state"]
-    # what Π_S reads: the activated α (NASP: the continuous α, not its one-hot forward)
-    weights = {t: activation.for_projection(state[f"alpha_{t}"], state[f"live_{t}"]) for t in ("normal", "reduce")}
-    live = {t: state[f"live_{t}"] for t in ("normal", "reduce")}
-    raw = {t: tie_key(state[f"alpha_{t}"], tie_break) for t in ("normal", "reduce")}
-    genotype = derive_genotype(weights, live, tuple(saved["ops"]), raw)
+    alphas = {t: state[f"alpha_{t}"] for t in CELL_TYPES}
+    live = {t: state[f"live_{t}"] for t in CELL_TYPES}
+    genotype = discretize(activation, alphas, live, tuple(saved["ops"]), tie_break)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(genotype.to_dict(), out_dir / "genotype.json")
     (out_dir / "genotype.txt").write_text(genotype.to_darts_text() + "\n")
     (out_dir / "genotype_ptdarts.txt").write_text(genotype.to_ptdarts_text() + "\n")
     if activation.threshold is not None:
-        cells = {t: threshold_cell(weights[t], live[t], tuple(saved["ops"]), activation.threshold, raw[t])
-                 for t in ("normal", "reduce")}
+        weights = {t: activation.for_projection(a, live[t]) for t, a in alphas.items()}
+        cells = {t: threshold_cell(weights[t], live[t], tuple(saved["ops"]), activation.threshold,
+                                   tie_key(alphas[t], tie_break)) for t in CELL_TYPES}
         write_json_atomic({"rule": "threshold_sparse", "threshold": activation.threshold,
                            "kept": {t: len(c) for t, c in cells.items()}, "of": len(genotype.normal),
                            **{t: [list(x) for x in c] for t, c in cells.items()}},

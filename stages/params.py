@@ -13,12 +13,9 @@ import yaml
 
 from darts.activations import ACTIVATIONS as ACTIVATION_TYPES
 from darts.methods import METHODS
-from darts.regularizers import REGULARIZER_TYPES, REGULARIZERS
-from darts.schedules import SCHEDULE_TYPES, SCHEDULES
+from darts.regularizers import REGULARIZER_TYPES
+from darts.schedules import SCHEDULE_TYPES
 
-# the valid names are the registries' (a new component is valid here without an edit)
-ACTIVATIONS = tuple(ACTIVATION_TYPES)
-REGULARIZATIONS = REGULARIZERS
 DATASETS = ("synthetic", "cifar10", "imagefolder")
 #: data.normalize: auto = CIFAR's constants for cifar10, the training split's own statistics otherwise
 NORMALIZE = ("auto", "cifar", "dataset")

@@ -9,7 +9,6 @@ and `epochs.tsv` (the per-epoch curve, declared as DVC plots for the variant cha
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -20,17 +19,17 @@ from darts import checkpoint as ckpt
 from darts.activations import ACTIVATIONS, make_activation
 from darts.data import BatchStream, split_indices
 from darts.hostmemory import retain_freed_memory
-from darts.interfaces import configured
+from darts.interfaces import Setting, as_setting, configured
 from darts.methods import METHODS, Untrained
 from darts.regularizers import REGULARIZER_TYPES
 from darts.constraints import TIE_BREAKS
-from darts.schedules import FIMT_CYCLES, SCHEDULE_TYPES, train_fraction
+from darts.schedules import SCHEDULE_TYPES, train_fraction
 from darts.search import SearchConfig, Searcher, evaluate_supernet, final_ties
 from darts.supernet import SearchNetwork
 
 from .common import CHECKPOINT_ROOT, machine, reject_machine_settings, as_recorded, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, seed_everything
 from .livelog import LiveLog, check_live
-from .params import ParamsError, RunSpec, check_data, load_params, positive, run_spec, section
+from .params import ParamsError, RunSpec, check_data, load_params, run_spec, section
 from .progress import Progress
 from .runguard import Interrupted, RunLock, StopOnSignal
 
@@ -56,29 +55,33 @@ def write_curve(rows: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-#: keys of params.search that are not SearchConfig fields, besides the components' own
-#: (``component_settings``)
+#: keys of params.search that are neither SearchConfig fields nor a component's own
+#: (``component_settings``): the supernet's size, the checkpoint rate, Π_S's tie rule
 BASE_KEYS = {
-    "layers": 8, "C": 16, "k": 10, "fimt_lambda": 0.2, "fimt_m": 1.05, "fimt_threshold": 1.0,
-    "pr_rho": 0.1, "admm_rho": 0.1, "admm_n": 10, "admm_discount": 0.8, "crb_alpha_weight_decay": 0.0,
-    "crb_init_noise": 1e-4, "softmax_init_scale": 1e-3, "checkpoint_every": 1,
-    "fimt_cycle": "k", "tie_break": "raw_alpha",  # paper text; "k+1" / "index" keep the authors' code
+    "layers": 8, "C": 16, "checkpoint_every": 1,
+    "tie_break": "raw_alpha",  # paper text; "index" keeps the authors' code
 }
 
 
-def component_settings() -> dict[str, object]:
-    """params.search keys that registered components add (``settings``: key -> default), so a
-    new activation, regularizer or method brings its own keys and defaults with it."""
-    out: dict[str, object] = {}
-    for holder in (*ACTIVATIONS.values(), *REGULARIZER_TYPES.values(), *METHODS.values()):
-        out.update(getattr(holder, "settings", None) or {})
+def component_settings() -> dict[str, Setting]:
+    """params.search keys that registered components read (``settings``: key -> Setting, its
+    default and valid values), so a new activation, schedule, regularizer or method brings its
+    own keys with it. Two components that share a key (the schedules' k) must agree on it."""
+    out: dict[str, Setting] = {}
+    for holder in (*ACTIVATIONS.values(), *SCHEDULE_TYPES.values(), *REGULARIZER_TYPES.values(),
+                   *METHODS.values()):
+        for key, value in (getattr(holder, "settings", None) or {}).items():
+            setting = as_setting(value)
+            if out.setdefault(key, setting) != setting:
+                raise AssertionError(f"params.search key {key!r} is declared twice, differently: "
+                                     f"{out[key]} and {setting} ({getattr(holder, 'name', holder)})")
     return out
 
 
 def extra_keys() -> dict[str, object]:
     """Every params.search key that is not a SearchConfig field -> its default; read at each
     call, so a component registered after import brings its keys with it."""
-    return {**BASE_KEYS, **component_settings()}
+    return {**BASE_KEYS, **{k: s.default for k, s in component_settings().items()}}
 
 
 def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
@@ -92,10 +95,10 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
         raise ParamsError(f"params.search has unknown key(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(sorted(cfg_fields | set(keys)))}")
     extra = {k: s.get(k, v) for k, v in keys.items()}
-    for key in component_settings():  # weights and decays: every component setting is a number >= 0
-        v = extra[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
-            raise ParamsError(f"search.{key}={v!r} is invalid; must be a number >= 0")
+    for key, setting in component_settings().items():  # each checked by the rule its component gives
+        problem = setting.problem(extra[key])
+        if problem:
+            raise ParamsError(f"search.{key}={extra[key]!r} is invalid; {problem}")
     cfg = SearchConfig(**{k: (tuple(v) if k == "alpha_betas" else v) for k, v in s.items() if k in cfg_fields})
     cfg.order = spec.order
     own_decay = ACTIVATIONS[spec.activation].alpha_weight_decay_option  # CRB: none (paper §4.1)
@@ -108,7 +111,7 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
         cfg.validate()
     except ValueError as e:
         raise ParamsError(str(e)) from None
-    for key in ("layers", "C", "k", "admm_n", "checkpoint_every"):
+    for key in ("layers", "C", "checkpoint_every"):
         v = extra[key]
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ParamsError(f"search.{key}={v!r} is invalid; must be a positive integer")
@@ -116,17 +119,6 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
         raise ParamsError(f"search.layers={extra['layers']} is invalid; need >= 3 (two reduction cells)")
     if extra["C"] % 2:
         raise ParamsError(f"search.C={extra['C']} is invalid; must be even (FactorizedReduce halves it)")
-    if not (isinstance(extra["fimt_m"], (int, float)) and extra["fimt_m"] > 1):
-        raise ParamsError(f"search.fimt_m={extra['fimt_m']!r} is invalid; must be a number > 1")
-    for key in ("fimt_lambda", "admm_discount"):
-        v = extra[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-            raise ParamsError(f"search.{key}={v!r} is invalid; must be in (0, 1]")
-    for key in ("fimt_threshold", "pr_rho", "admm_rho"):
-        positive(f"search.{key}", extra[key])
-    if extra["fimt_cycle"] not in FIMT_CYCLES:
-        raise ParamsError(f"search.fimt_cycle={extra['fimt_cycle']!r} is invalid; valid: k (paper: k w steps per "
-                          "α step at constant Fisher trace), k+1 (the authors' code)")
     if extra["tie_break"] not in TIE_BREAKS:
         raise ParamsError(f"search.tie_break={extra['tie_break']!r} is invalid; valid: raw_alpha (equal activated "
                           "values ordered by raw α), index (lowest op/edge index, the authors' code)")

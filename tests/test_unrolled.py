@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from darts.activations import CRB, Softmax
 from darts.supernet import SearchNetwork
-from darts.unrolled import finite_difference_hvp, unrolled_alpha_grads
+from darts.unrolled import finite_difference_hvp, unrolled_alpha_grad_terms, unrolled_alpha_grads
 
 EPS = 1e-7
 ALPHA_NAMES = ("alpha_normal", "alpha_reduce")
@@ -279,3 +279,23 @@ def test_second_order_search_iteration_only_the_w_step_moves_bn_stats():
     assert not torch.equal(net.alpha_normal, tiny(Softmax(), seed=9).alpha_normal)
     got, want = bn_buffers(net), bn_buffers(replay)
     assert all(torch.equal(got[n], want[n]) for n in want)
+
+
+def test_terms_split_the_gradient_into_its_first_order_and_hessian_parts():
+    """`unrolled_alpha_grad_terms` (what `StepRecord.hessian_term` reads): grads = ∇α L_val(w′)
+    + hessian with hessian = −ξ·H_αw·∇w′ L_val, each against autograd's exact term; the sum is
+    `unrolled_alpha_grads`' gradient bit for bit."""
+    net = tiny(Softmax(), seed=3)
+    train, val = batches(3)
+    lr, wd = 0.1, 3e-4
+    twin = copy.deepcopy(net)
+    opt = torch.optim.SGD(net.weight_parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    twin_opt = torch.optim.SGD(twin.weight_parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    exact, first, hvp, _ = exact_unrolled(net, train, val, lr, wd)
+    terms = unrolled_alpha_grad_terms(net, opt, train, val, eps_scale=EPS)
+    assert rel([g - h for g, h in zip(terms.grads, terms.hessian)], first) < 1e-9
+    assert rel(terms.hessian, [-lr * h for h in hvp]) < 1e-5
+    assert rel(terms.grads, exact) < 1e-5
+    assert rel(first, exact) > 0.05  # the first-order part alone is off: the term matters here
+    loss, grads = unrolled_alpha_grads(twin, twin_opt, train, val, eps_scale=EPS)
+    assert torch.equal(loss, terms.val_loss) and all(torch.equal(a, b) for a, b in zip(grads, terms.grads))

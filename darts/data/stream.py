@@ -96,7 +96,10 @@ class BatchStream:
     """Endless, resumable stream of batches over an ImageSet held in memory as tensors.
 
     Each epoch is a fresh permutation drawn from its own torch.Generator(seed); the last
-    partial batch of an epoch is dropped when ``drop_last`` else kept. Augmentation uses
+    partial batch of an epoch is dropped when ``drop_last`` else kept. ``drop_last`` left
+    at None follows ``train``: a training stream drops it (every step sees a whole batch), an
+    evaluation stream (``train=False``: in order, no augmentation) keeps it, so every
+    image is evaluated once; pass True or False to choose either way. Augmentation uses
     a second generator derived from the seed, so shuffling and augmentation are both
     part of the saved state and a resumed stream continues exactly.
 
@@ -109,8 +112,8 @@ class BatchStream:
 
     def __init__(self, ds: ImageSet, batch_size: int, seed: int, device: torch.device | str = "cpu",
                  train: bool = True, crop_pad: int = 4, flip: bool = True, cutout: int = 0,
-                 drop_last: bool = True, shard: tuple[int, int] = (0, 1)):
-        drop_last = drop_last and train
+                 drop_last: bool | None = None, shard: tuple[int, int] = (0, 1)):
+        drop_last = train if drop_last is None else bool(drop_last)
         if len(ds) == 0 or batch_size <= 0 or (drop_last and batch_size > len(ds)):
             raise DataError(f"batch_size={batch_size} is invalid for {len(ds)} images "
                             f"(drop_last={drop_last}); need 0 < batch_size <= dataset size")
