@@ -18,7 +18,9 @@ from pathlib import Path
 from .params import ParamsError, study_runs
 from .progress import _fmt_seconds as fmt_seconds
 
-#: the stages of one study run, in order (dvc.yaml's matrix stages, named STAGE@CONFIG-SEED)
+#: the stages of one study run, in order: the matrix stages named STAGE@CONFIG-SEED, each
+#: kind in its own study/STAGE/dvc.yaml (one dvc.lock per kind: DVC rewrites a stage's whole
+#: lock file after every stage, so one lock for the whole study cost ∝ its size squared)
 RUN_STAGES = ("search", "discretize", "retrain", "test")
 #: the variant chain (dvc.yaml's variant-* stages)
 VARIANT_STAGES = ("variant-search", "variant-discretize", "variant-retrain", "variant-test", "variant-figures")
@@ -38,9 +40,20 @@ class Chain:
     cost: float = 1.0         # relative duration: the longest chains start first (a shorter makespan)
 
 
+def run_stage_file(stage: str) -> str:
+    """The dvc.yaml that holds the matrix stage `stage` (one of RUN_STAGES)."""
+    return f"study/{stage}/dvc.yaml"
+
+
+def run_stage(stage: str, run: str) -> str:
+    """DVC's address of one run's stage, e.g. `study/search/dvc.yaml:search@DARTS-0`: the
+    name `dvc repro`, `dvc status --json` and DVC's log lines use for it."""
+    return f"{run_stage_file(stage)}:{stage}@{run}"
+
+
 def study_chains(params: dict) -> list[Chain]:
     """Every config × seed chain of params.yaml, then the variant chain."""
-    chains = [Chain(f"{s.name}-{s.seed}", tuple(f"{st}@{s.name}-{s.seed}" for st in RUN_STAGES),
+    chains = [Chain(f"{s.name}-{s.seed}", tuple(run_stage(st, f"{s.name}-{s.seed}") for st in RUN_STAGES),
                     f"metrics/{s.name}/{s.seed}.json", cost=float(s.order)) for s in study_runs(params)]
     # a second-order search costs ~2x a first-order one; the variant chain adds its figures
     return chains + [Chain("variant", VARIANT_STAGES, "current/metrics.json", cost=1.2)]

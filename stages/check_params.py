@@ -17,6 +17,7 @@ from pathlib import Path
 from darts.methods import METHODS
 
 from .params import (RUN_KEYS, ParamsError, check_data, load_params, run_spec, section, study_runs)
+from .scales import VARIANT_DEFAULTS
 
 #: the top-level keys of params.yaml (anything else is a typo, e.g. `serach:`)
 TOP_KEYS = (*RUN_KEYS, "seed", "configs", "labels", "scale", "seeds", "data", "search", "retrain")
@@ -39,6 +40,11 @@ def validate(params: dict) -> int:
     unknown = sorted(set(params) - set(TOP_KEYS))
     if unknown:
         raise ParamsError(f"params.yaml has unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(TOP_KEYS)}")
+    missing = [k for k in VARIANT_DEFAULTS if k not in params]
+    if missing:  # dvc.yaml's variant-search lists them: DVC would stop on a missing param, less clearly
+        raise ParamsError(f"params.yaml lacks the top-level key(s) {', '.join(missing)} of the variant chain; add "
+                          + ", ".join(f"`{k}: {'null' if v is None else v}`" for k, v in VARIANT_DEFAULTS.items()
+                                      if k in missing) + " (or run `darts scale NAME`, which adds them)")
     labels = params.get("labels") or {}
     if not isinstance(labels, dict):
         raise ParamsError(f"params.labels={labels!r} is invalid; must be a mapping of config name: display label")

@@ -4,8 +4,8 @@ run has done so far shows in `dvc exp show` and `dvc plots` while it is going.
 Why DVCLive rather than our own writer: its layout (``metrics.json`` with the latest values,
 ``plots/metrics/<name>.tsv`` with one ``step``-indexed row per logged value) is the one DVC's
 commands, Studio and the VS Code extension read. The stage declares both as its outputs
-(dvc.yaml: the study's chains and the variant chain), cached like the others so they travel
-with the run-cache.
+(study/search/dvc.yaml and study/retrain/dvc.yaml for the study's runs, dvc.yaml for the
+variant chain), cached like the others so they travel with the run-cache.
 
 x axis: the run's global optimiser step (w steps in a search). Rows: every epoch's curve
 (the values of epochs.tsv) at the step that ended it, and on long epochs the running mean of
@@ -61,6 +61,8 @@ def check_live(directory: str | Path | None) -> None:
 class LiveLog:
     """Step-indexed metrics of one run in ``directory`` (None: log nothing)."""
 
+    every: int = DEFAULT_EVERY  # steps between running-loss rows: set from DARTS_LIVE_EVERY when logging
+
     def __init__(self, directory: str | Path | None, rows: list[Row] | None = None, every: int | None = None):
         self._rows: list[Row] = []
         self._live = None
@@ -88,8 +90,6 @@ class LiveLog:
             self._live.log_metric(name, value)
         self._live.make_summary()
         self._rows.append((int(step), clean))
-
-    every = DEFAULT_EVERY  # replaced in __init__ when logging
 
     def due(self, step: int) -> bool:
         """Whether a running-loss row is due at ``step`` (the caller pays the host sync only then)."""

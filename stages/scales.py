@@ -28,11 +28,13 @@ SETS_DIR = Path(__file__).resolve().parent / "sets"
 #: study sets a preset (or the command line) switches on or off: preset key -> set file stem
 SET_SWITCHES = {"related": "related", "calibration": "calibration"}
 SCALE_KEYS = ("seeds", "data", "search", "retrain")
+#: top-level keys the variant chain's search stage lists as params (DVC needs them present)
+VARIANT_DEFAULTS = {"method": "darts", "genotype": None}
 STUDY_KEYS = ("configs", "labels")  # a preset may also name its study (cifar-cpu: the 7 rows it is sized for)
 HEADER = """\
 # Study parameters. `configs` x `seeds` is the Table 1 study (dvc.yaml expands it);
-# the top-level activation/schedule/regularization/order/seed drive the single
-# variant chain under current/ (dvc exp run -S activation=crb).
+# the top-level method/activation/schedule/regularization/order/seed (and genotype, for
+# method fixed) drive the single variant chain under current/ (dvc exp run -S activation=crb).
 # Switch scale with `darts scale quick` / `darts scale paper` (rewrites this file).
 """
 
@@ -85,6 +87,8 @@ def apply(name: str, params_path: str, dataset: str | None = None, root: str | N
             p["data"].pop("download", None)
     replaced = SCALE_KEYS + tuple(k for k in STUDY_KEYS if k in p)
     out = {k: v for k, v in params.items() if k not in replaced}
+    for key, default in VARIANT_DEFAULTS.items():  # a file from before they were listed gets them
+        out.setdefault(key, default)
     out["scale"] = name
     out.update(p)
     for key, on in switches.items():

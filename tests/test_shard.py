@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from conftest import assert_one_line_error, tiny_params
 from stages.cli import app
 from stages.params import ParamsError
-from stages.chains import RESTORE_ONLY_ENV, RUN_STAGES, VARIANT_STAGES, study_chains
+from stages.chains import RESTORE_ONLY_ENV, RUN_STAGES, VARIANT_STAGES, run_stage, run_stage_file, study_chains
 from stages.shard import parse_shard, shard_chains
 
 runner = CliRunner()
@@ -61,6 +61,8 @@ def test_run_commands_refuse_when_restore_only(monkeypatch, tmp_path):
 
     # every stage of a chain that computes (all but variant-figures) runs one of the refused commands
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in RUN_STAGES:
+        stages[name] = yaml.safe_load((ROOT / run_stage_file(name)).read_text())["stages"][name]
     for name in (*RUN_STAGES, *VARIANT_STAGES[:-1]):
         assert stages[name]["cmd"].split()[3] in RUN_COMMANDS, stages[name]["cmd"]
     monkeypatch.setenv(RESTORE_ONLY_ENV, "1")
@@ -156,8 +158,8 @@ def test_two_shards_and_a_collector_share_a_remote(tmp_path):
     first_log = (collector / "logs" / "study" / "collect.log").read_text()
     # the missing chain's first command was started by DVC and refused at once; nothing after it,
     # and the prepared data came from shard 1's run-cache entry (the chains' dependency hashes match)
-    assert _ran(first_log) == {"search@DARTS-1"} and first_log.count("`darts search` refused") == 1, first_log
-    assert {"check-params", "prepare-split", "search@DARTS-0"} <= _restored(first_log), first_log
+    assert _ran(first_log) == {run_stage("search", "DARTS-1")} and first_log.count("`darts search` refused") == 1, first_log
+    assert {"check-params", "prepare-split", run_stage("search", "DARTS-0")} <= _restored(first_log), first_log
     assert not (collector / "runs" / "DARTS" / "1").exists() and not (collector / ".checkpoints").exists()
     assert not (collector / "reports" / "table1.csv").exists()
 
@@ -186,8 +188,7 @@ def test_two_shards_and_a_collector_share_a_remote(tmp_path):
     # the serial reference: shard 1's clone finishes alone (no --pull, and its run-cache lacks
     # shard 2's run, so it computes DARTS-1 itself) as a machine without a remote would
     r = _sh("dvc repro aggregate", one)
-    assert _ran(r.stdout) == {"search@DARTS-1", "discretize@DARTS-1", "retrain@DARTS-1", "test@DARTS-1",
-                              "aggregate"}, r.stdout
+    assert _ran(r.stdout) == {*(run_stage(st, "DARTS-1") for st in RUN_STAGES), "aggregate"}, r.stdout
     ours, serial = _science(collector / "reports" / "table1.csv"), _science(one / "reports" / "table1.csv")
     assert any(row["config"] == "DARTS" and row["n"] == "2" for row in ours), ours
     assert ours == serial

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_params
 from stages.params import ParamsError
-from stages.chains import Board, study_chains, eta_seconds, parse_devices, worker_env
+from stages.chains import Board, run_stage, study_chains, eta_seconds, parse_devices, worker_env
 
 
 def test_chains_are_every_config_seed_then_the_variant():
@@ -14,7 +14,9 @@ def test_chains_are_every_config_seed_then_the_variant():
                      "B": {"activation": "crb", "schedule": "fimt", "regularization": "pr"}}, seeds=(0, 3))
     chains = study_chains(p)
     assert [c.name for c in chains] == ["A-0", "A-3", "B-0", "B-3", "variant"]
-    assert chains[3].stages == ("search@B-3", "discretize@B-3", "retrain@B-3", "test@B-3")
+    assert chains[3].stages == ("study/search/dvc.yaml:search@B-3", "study/discretize/dvc.yaml:discretize@B-3",
+                                "study/retrain/dvc.yaml:retrain@B-3", "study/test/dvc.yaml:test@B-3")
+    assert run_stage("search", "B-3") == chains[3].stages[0]
     assert chains[3].metrics == "metrics/B/3.json"
     assert chains[-1].stages[0] == "variant-search" and chains[-1].stages[-1] == "variant-figures"
     assert [c.cost for c in chains] == [1.0, 1.0, 1.0, 1.0, 1.2]
@@ -27,10 +29,11 @@ def test_chain_stages_exist_in_dvc_yaml():
 
     from conftest import ROOT
 
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for chain in study_chains(tiny_params(seeds=(0,))):
         for stage in chain.stages:
-            assert stage.split("@")[0] in stages, stage
+            file, _, name = stage.rpartition(":")  # study/search/dvc.yaml:search@A-0, or a root stage
+            stages = yaml.safe_load((ROOT / (file or "dvc.yaml")).read_text())["stages"]
+            assert name.split("@")[0] in stages, stage
 
 
 def test_devices_round_robin_and_threads_split():
