@@ -1,6 +1,6 @@
 """The evaluation-network training step, the data pipeline and the end-to-end study.
 
-The eval step is ``darts.train.Retrainer``'s (forward, CE + 0.4·aux CE, backward,
+The eval step is ``darts.loops.train.Retrainer``'s (forward, CE + 0.4·aux CE, backward,
 clip, SGD) on the DARTS_V2 genotype at C=16, 8 cells, batch 64, with drop-path at the
 mid-run probability 0.1, as a real retrain spends most of its steps with drop-path on.
 The reference runs with ``fast=False``: plain SGD and clipping loops, as DARTS' train.py.
@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def _eval_model(impl: str):
     import contextlib
 
-    from darts import evalnet
-    from darts.space import DARTS_V2
+    from darts.nn import evalnet
+    from darts.space.primitives import DARTS_V2
 
-    from .reference import evalnet_ops
+    from darts.nn.reference import evalnet_ops
     c, layers, _, _ = EVAL
     torch.manual_seed(0)
     with evalnet_ops() if impl == "reference" else contextlib.nullcontext():
@@ -38,7 +38,7 @@ def _eval_model(impl: str):
 
 
 def eval_step(spec: dict) -> dict:
-    from darts.train import RetrainConfig, Retrainer
+    from darts.loops.train import RetrainConfig, Retrainer
     _, _, batch, side = EVAL
     batch = spec.get("batch") or batch
     meta = _eval_model("reference").to("meta")
@@ -74,7 +74,7 @@ def eval_step(spec: dict) -> dict:
 def data_pipeline(spec: dict) -> dict:
     """Augmented batches per second out of ``darts.data.BatchStream`` (what the model eats)."""
     from darts.data import BatchStream
-    from darts.synthetic import make_synthetic
+    from darts.data.synthetic import make_synthetic
     batch, n = 64, 64 * 40
     ds = make_synthetic(n, size=32, seed=0)
     cutout = 16 if spec["config"].endswith("cutout") else 0

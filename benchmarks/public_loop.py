@@ -1,13 +1,13 @@
 """The public DARTS first-order search iteration, the benchmarks' reference *loop*.
 
-``darts.search.Searcher`` takes α-only gradients in its α step. The public DARTS code's
+``darts.loops.search.Searcher`` takes α-only gradients in its α step. The public DARTS code's
 first-order path does not: its α step is a full ``loss.backward()`` that also fills
 every weight's gradient (thrown away by the next ``zero_grad``), and its w step leaves
 α's ``requires_grad`` on, so α gradients are computed there too. Timing our network
 with our loop against the straightforward network driven by our loop would credit the
 reference with our loop's savings, so the reference is timed with this loop instead.
 
-It runs on any search network (``darts.supernet.SearchNetwork`` or the benchmarks'
+It runs on any search network (``darts.nn.supernet.SearchNetwork`` or the benchmarks'
 ``ReferenceSearchNetwork``) and any stream with the ``Searcher`` API (``next()``,
 ``epoch_batches()``, ``len()``), with the same hyperparameters (``SearchConfig``'s
 defaults are the DARTS values) and the same ``run_epoch(on_step)`` timing protocol.
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from darts.search import SearchConfig, make_optimizers
+from darts.loops.search import SearchConfig, make_optimizers
 
 
 class PublicFirstOrderLoop:
@@ -32,7 +32,7 @@ class PublicFirstOrderLoop:
     def __init__(self, net, train_stream, val_stream, cfg: SearchConfig | None = None):
         cfg = cfg if cfg is not None else SearchConfig()
         if cfg.order != 1:
-            raise ValueError(f"the public loop is first order only; order={cfg.order} runs on darts.search.Searcher")
+            raise ValueError(f"the public loop is first order only; order={cfg.order} runs on darts.loops.search.Searcher")
         self.net, self.cfg = net, cfg
         self.train_stream, self.val_stream = train_stream, val_stream
         self.w_params = net.weight_parameters()

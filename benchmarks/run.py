@@ -5,7 +5,7 @@ rates), then one line per benchmark. Each benchmark runs in a fresh subprocess
 (``python -m benchmarks.run --worker SPEC``) so its ``peak_rss_mb`` is its own.
 ``--impl both`` runs the reference ("before") right after the fast one for every
 config, so the two are measured under the same machine load. The reference is the
-straightforward formulation of ``benchmarks/reference.py``; a first-order search step
+straightforward formulation of ``darts/nn/reference.py``; a first-order search step
 also runs it through the public DARTS loop (``benchmarks/public_loop.py``), not ours.
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _timed(fn) -> float:
 def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     if spec.get("retain_memory"):  # as the search and retrain stages run (both impls: the
-        from darts.hostmemory import retain_freed_memory  # ratios compare formulations, not allocators)
+        from darts.nn.fast.hostmemory import retain_freed_memory  # ratios compare formulations, not allocators)
         retain_freed_memory()
     torch.manual_seed(0)
     kind = spec["kind"]
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-retain-memory", action="store_true",
                     help="run the workers with glibc malloc's defaults; by default each worker (ours and "
                          "the reference alike) keeps freed memory for reuse, as the stages do "
-                         "(darts.hostmemory)")
+                         "(darts.nn.fast.hostmemory)")
     ap.add_argument("--e2e", action="store_true", help="also time `dvc repro` of the quick study")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each benchmark wait up to S seconds for the CPUs to be idle")

@@ -1,10 +1,10 @@
 """One search iteration (α step on a val batch + w step on a train batch), timed.
 
-``--impl fast`` times our code as the search stage runs it: ``darts.search.Searcher``
+``--impl fast`` times our code as the search stage runs it: ``darts.loops.search.Searcher``
 (alternate schedule, no regularizer, the configured activation) driving
-``darts.supernet.SearchNetwork``, whose first-order α step takes gradients w.r.t. α
+``darts.nn.supernet.SearchNetwork``, whose first-order α step takes gradients w.r.t. α
 only. ``--impl reference`` times the "before": the straightforward network of
-``benchmarks/reference.py`` driven by the public DARTS first-order loop
+``darts/nn/reference.py`` driven by the public DARTS first-order loop
 (``benchmarks/public_loop.py``: full backward in the α step, α gradients in the w
 step); for second order the reference network stays on ``Searcher``, as there is no
 public loop here for the unrolled step. Each row's ``loop`` says which ran ("ours" or
@@ -19,15 +19,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from darts.activations import CRB, Softmax
-from darts.regularizers import NoRegularizer
-from darts.schedules import alternate
-from darts.search import SearchConfig, Searcher
-from darts.supernet import SearchNetwork
+from darts.loops.search import SearchConfig, Searcher
+from darts.method.activations import CRB, Softmax
+from darts.method.regularizers import NoRegularizer
+from darts.method.schedules import alternate
+from darts.nn.supernet import SearchNetwork
 
 from .common import StepTimer, count_flops, matmul_gflops, report, sync_for
 from .public_loop import PublicFirstOrderLoop
-from .reference import ReferenceSearchNetwork
+from darts.nn.reference import ReferenceSearchNetwork
 
 SIZES = {  # name: (C, cells, batch, image side); FLOP/iteration softmax: 2.2 G, 23.6 G, 230 G
     "tiny": (4, 5, 32, 16),
@@ -99,7 +99,7 @@ def iteration_flops(activation: str, size: str, order: int, batch: int) -> int:
 
     def iteration():
         if order == 2:
-            from darts.unrolled import unrolled_alpha_grads
+            from darts.method.unrolled import unrolled_alpha_grads
             opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9)
             unrolled_alpha_grads(net, opt, (x, y), (x, y))
         else:

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from darts.data import CIFAR_MEAN, CIFAR_STD, IMAGE_EXTENSIONS, DataError, ImageSet, as_hw, recorded_size, resize_batch
 from darts.data import read_image as _read_file
-from darts.evalnet import EvalNetwork
-from darts.evalnet_imagenet import NETWORKS, build_network
-from darts.space import Genotype, GenotypeError
+from darts.nn.evalnet import EvalNetwork
+from darts.nn.evalnet_imagenet import NETWORKS, build_network
+from darts.space.primitives import Genotype, GenotypeError
 
 #: keys every model.pt has had; "classes", "image_size", "mean", "std", then "channels" and
 #: "network" were added later (absent: RGB, the CIFAR network, the only ones there were)
@@ -71,7 +71,7 @@ class ModelInfo:
     layers: int
     classes_recorded: bool  # False: an older model.pt, the names are the class indices "0".."n-1"
     channels: int = 3  # 1: grayscale
-    network: str = "cifar"  # darts.evalnet_imagenet.NETWORKS
+    network: str = "cifar"  # darts.nn.evalnet_imagenet.NETWORKS
 
     @property
     def hw(self) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from darts import report
+from darts.report import table as report
 
 from .params import ParamsError, load_params, study_runs
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from darts.methods import METHODS
+from darts.method.registry import METHODS
 
 from .params import (RUN_KEYS, ParamsError, check_data, load_params, run_spec, section, study_runs)
 from .scales import VARIANT_DEFAULTS
@@ -31,8 +31,8 @@ def validate(params: dict) -> int:
     """Check the study (configs × seeds), the variant run and every section; return the
     number of runs checked. Raises ParamsError with the first bad value."""
     from darts.data import split_indices
-    from darts.interfaces import configured
-    from darts.schedules import SCHEDULE_TYPES, train_fraction
+    from darts.method.interfaces import configured
+    from darts.method.schedules import SCHEDULE_TYPES, train_fraction
 
     from .retrain import retrain_settings
     from .search import search_settings

@@ -1,4 +1,4 @@
-"""`darts claims`: the paper's claims (a)-(d) tested on this study's runs (darts.claims).
+"""`darts claims`: the paper's claims (a)-(d) tested on this study's runs (darts.report.claims).
 
 Reads exactly params' configs × seeds: `metrics/<config>/<seed>.json` (test error, params,
 dimensions) and each run's `search/history.pt` for the index of its first α step. Writes
@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from darts import claims, report
+from darts.report import claims
+
+from darts.report import table as report
 
 from .aggregate import read_runs
 from .params import load_params, study_runs

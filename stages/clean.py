@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from darts import checkpoint as ckpt
+from darts.loops import checkpoint as ckpt
 
 from . import common
 from .params import ParamsError
@@ -102,7 +102,7 @@ def current_key(entry: Entry, digest) -> tuple[str | None, str]:
     if text is None:
         return None, "no command.json (written by an older version)"
     from darts.data import DataError
-    from darts.space import GenotypeError
+    from darts.space.primitives import GenotypeError
 
     from . import retrain, search
 

@@ -25,10 +25,10 @@ LIVE = typer.Option(None, "--live", help="folder for live metrics with DVCLive (
 
 
 def _guard(fn, *args, **kwargs):
-    from darts.constraints import ProjectionError
     from darts.data import DataError
-    from darts.search import NonFiniteError
-    from darts.space import GenotypeError
+    from darts.loops.search import NonFiniteError
+    from darts.space.primitives import GenotypeError
+    from darts.space.projection import ProjectionError
 
     from .params import ParamsError
     from .runguard import Interrupted

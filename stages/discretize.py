@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from darts.activations import make_activation
-from darts.checkpoint import write_json_atomic
-from darts.constraints import TIE_BREAKS, discretize, threshold_cell, tie_key
-from darts.space import CELL_TYPES
+from darts.loops.checkpoint import write_json_atomic
+from darts.method.activations import make_activation
+from darts.space.primitives import CELL_TYPES
+from darts.space.projection import TIE_BREAKS, discretize, threshold_cell, tie_key
 
 from .params import ParamsError
 

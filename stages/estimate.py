@@ -4,7 +4,7 @@
 `dvc repro` needs a measured step, not a guess, because a step's cost depends on the
 machine, its threads and whatever else runs on it. So this module builds the search
 network and the evaluation network at the scale's sizes and times a few of their steps
-through darts' own loops on random batches (`darts.steptime`); then it multiplies out by
+through darts' own loops on random batches (`darts.loops.steptime`); then it multiplies out by
 the study's steps, epochs and runs. The cost arithmetic is a set of pure functions, so
 that its numbers can be tested without timing anything.
 
@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from darts.activations import make_activation
-from darts.evalnet_imagenet import build_network
-from darts.methods import METHODS
-from darts.hostmemory import retain_freed_memory
-from darts.interfaces import configured
-from darts.schedules import SCHEDULE_TYPES, train_fraction
-from darts.space import DARTS_V2
-from darts.steptime import N_CLASSES, Clock, StepCost, reset_peak, time_retrain, time_search, warm_up_search
-from darts.supernet import SearchNetwork
+from darts.loops.steptime import N_CLASSES, Clock, StepCost, reset_peak, time_retrain, time_search, warm_up_search
+from darts.method.activations import make_activation
+from darts.method.interfaces import configured
+from darts.method.registry import METHODS
+from darts.method.schedules import SCHEDULE_TYPES, train_fraction
+from darts.nn.evalnet_imagenet import build_network
+from darts.nn.fast.hostmemory import retain_freed_memory
+from darts.nn.supernet import SearchNetwork
+from darts.space.primitives import DARTS_V2
 
 from .common import device_label, machine
 from .params import ParamsError, RunSpec, image_size, run_spec, section, study_runs

@@ -3,7 +3,7 @@
 Reads exactly params' configs × seeds (like `aggregate`, never a glob of possibly stale
 runs): `metrics/<config>/<seed>.json`, `runs/<config>/<seed>/search/history.pt`,
 `.../genotype/genotype.json` and `.../retrain/retrain.json`, and hands the data to
-`darts.figures` / `darts.figures_study`. Summary figures are PNG plus PDF; per-run figures PNG.
+`darts.report.figures` / `darts.report.figures_study`. Summary figures are PNG plus PDF; per-run figures PNG.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from darts import figures as F
-from darts.activations import ACTIVATIONS
-from darts.schedules import logs_fisher
-from darts import figures_compare as FC
-from darts import figures_study as FS
-from darts import report
+from darts.method.activations import ACTIVATIONS
+from darts.method.schedules import logs_fisher
+from darts.report import figures as F
+from darts.report import figures_compare as FC
+from darts.report import figures_study as FS
+from darts.report import table as report
 
 from .aggregate import PAPER_CSV, read_runs, table1
 from .params import ParamsError, load_params, study_runs

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import yaml
 
-from darts.activations import ACTIVATIONS as ACTIVATION_TYPES
-from darts.methods import METHODS
-from darts.regularizers import REGULARIZER_TYPES
-from darts.schedules import SCHEDULE_TYPES
+from darts.method.activations import ACTIVATIONS as ACTIVATION_TYPES
+from darts.method.registry import METHODS
+from darts.method.regularizers import REGULARIZER_TYPES
+from darts.method.schedules import SCHEDULE_TYPES
 
 DATASETS = ("synthetic", "cifar10", "imagefolder")
 #: data.normalize: auto = CIFAR's constants for cifar10, the training split's own statistics otherwise
 NORMALIZE = ("auto", "cifar", "dataset")
 MIN_SIDE = 8  # the smallest image side the networks take (two reductions leave 2 pixels)
 #: the keys of a run description: a method, the four dimensions, and the options a method
-#: adds (darts.methods: `fixed` takes `genotype`)
+#: adds (darts.method.registry: `fixed` takes `genotype`)
 RUN_KEYS = ("method", "activation", "schedule", "regularization", "order",
             *dict.fromkeys(k for m in METHODS.values() for k in m.options))
 # the registries themselves (dicts: `in` and iteration see their names), so a component
@@ -45,7 +45,7 @@ class RunSpec:
     regularization: str
     order: int
     seed: int
-    method: str = "darts"  # darts.methods.METHODS: what searches (or samples) the genotype
+    method: str = "darts"  # darts.method.registry.METHODS: what searches (or samples) the genotype
     options: tuple[tuple[str, object], ...] = ()  # the method's own config keys (fixed: genotype)
 
 
@@ -75,7 +75,7 @@ def _int(where: str, value, minimum: int = 0) -> int:
 
 def check_run(where: str, entry: dict) -> None:
     """Validate one run description (a `configs` entry or the top-level variant keys): its
-    method (default darts) and the dimensions that method takes (darts.methods)."""
+    method (default darts) and the dimensions that method takes (darts.method.registry)."""
     if not isinstance(entry, dict):
         raise ParamsError(f"{where} must be a mapping with keys {', '.join(RUN_KEYS)}, got {entry!r}")
     unknown = sorted(set(entry) - set(RUN_KEYS))

@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from darts import data as D
-from darts.checkpoint import write_json_atomic
-from darts.synthetic import make_synthetic
+from darts.data.synthetic import make_synthetic
+from darts.loops.checkpoint import write_json_atomic
 
 from .params import ParamsError, check_data, image_size, load_params, normalize_mode, section
 

@@ -18,7 +18,7 @@ import torch
 from torch import distributed as dist
 
 from darts.data import DataError
-from darts.train import RetrainConfig
+from darts.loops.train import RetrainConfig
 
 from .params import ParamsError
 

@@ -15,7 +15,6 @@ per device is what DDP expects; with one process nothing here starts a process g
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -24,16 +23,17 @@ from pathlib import Path
 import torch
 from torch import distributed as dist
 
-from darts import checkpoint as ckpt
 from darts.data import BatchStream, ImageSet
-from darts.search import NonFiniteError
-from darts.evalnet import EvalNetwork, count_params_m
-from darts.evalnet_imagenet import NETWORKS, build_network, choose_network
-from darts.hostmemory import retain_freed_memory
 from darts.inference import model_record
-from darts.published import PUBLISHED, find_published, published_genotype
-from darts.space import Genotype, GenotypeError, genotype_format, parse_genotype, shorten
-from darts.train import RetrainConfig, Retrainer
+from darts.loops import checkpoint as ckpt
+from darts.loops.search import NonFiniteError
+from darts.loops.train import RetrainConfig, Retrainer
+from darts.nn.evalnet import EvalNetwork, count_params_m
+from darts.nn.evalnet_imagenet import NETWORKS, build_network, choose_network
+from darts.nn.fast.hostmemory import retain_freed_memory
+from darts.space.parse import genotype_format, parse_genotype
+from darts.space.primitives import Genotype, GenotypeError, shorten
+from darts.space.published import PUBLISHED, find_published, published_genotype
 
 from .common import CHECKPOINT_ROOT, machine, reject_machine_settings, as_recorded, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, seed_everything
 from .livelog import LiveLog, check_live
@@ -41,7 +41,7 @@ from .params import ParamsError, RunSpec, check_data, image_size, load_params, r
 from .progress import Progress
 from .ranks import (Ranks, any_rank, check_shards, from_lead, rank_device, rank_rng, rank_seed, restore_rng,
                     said_once, start_group, to_lead)
-from .runguard import Interrupted, RunLock, StopOnSignal
+from .runguard import guarded, run_epochs
 
 CURVE_COLUMNS = ("epoch", "loss", "acc", "lr")  # epochs.tsv, one row per trained epoch (1-based)
 
@@ -87,7 +87,7 @@ def retrain_settings(params: dict) -> tuple[RetrainConfig, dict]:
 
 
 def network_kind(extra: dict, params: dict) -> str:
-    """The evaluation network (darts.evalnet_imagenet.NETWORKS) of retrain.network (default
+    """The evaluation network (darts.nn.evalnet_imagenet.NETWORKS) of retrain.network (default
     auto: from data.image_size), with a one-line error for a value or size it cannot take."""
     setting = extra.get("network", "auto")
     if setting not in ("auto", *NETWORKS):
@@ -114,7 +114,7 @@ def read_genotype(arg: str) -> tuple[Genotype, dict]:
     ARG is a file (content decides the form: JSON, DARTS or pt.darts text, so genotype.txt
     works too), the genotype text itself, or a published genotype's name; an existing file
     wins over a name of the same spelling. What ARG means is decided here and what text
-    means in darts.space.parse_genotype, so a new form is added in one place. Every
+    means in darts.space.parse.parse_genotype, so a new form is added in one place. Every
     failure is one line naming ARG (shortened) and the accepted forms.
     """
     path_like = len(arg) <= 255 and "\n" not in arg  # shown whole: the user must see which path
@@ -196,7 +196,7 @@ def run(params_path: str, config: str | None, seed: int | None, genotype_path: s
         # stages.common: --device/--threads, else DARTS_DEVICE/DARTS_THREADS
         device = rank_device(machine(device, threads), ranks)
         check_shards(cfg, ranks, device)
-        retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
+        retain_freed_memory()  # darts.nn.fast.hostmemory: each step's activations are not faulted in afresh
         train_set = load_prepared(prepared, "train")
         if train_set.size != image_size(data_params):
             raise ParamsError(f"prepared data {prepared} holds {train_set.size[0]}x{train_set.size[1]} images but "
@@ -230,7 +230,7 @@ class Job:
     genotype_source: dict
     device: torch.device
     train_set: ImageSet
-    network: str  # darts.evalnet_imagenet.NETWORKS: retrain.network resolved for the image size
+    network: str  # darts.nn.evalnet_imagenet.NETWORKS: retrain.network resolved for the image size
     live: str | None = None  # the DVCLive folder (stages.livelog), written by rank 0
 
     def command(self) -> dict:
@@ -302,9 +302,7 @@ def train(job: Job, ranks: Ranks) -> dict:
         key = run_key(spec.seed, job.genotype, cfg, job.extra, job.data_params, job.prepared)
         state_file = checkpoint_path("retrain", key, out_dir, job.command())
     curve: list[dict] = []
-    lock = RunLock(state_file.with_name("lock"), RunLock.for_dir(CHECKPOINT_ROOT, out_dir)) if ranks.lead else \
-        contextlib.nullcontext()
-    with lock, StopOnSignal() if ranks.lead else StopOnSignal(notify=lambda text: None) as stop:
+    with guarded(state_file, out_dir, CHECKPOINT_ROOT, lead=ranks.lead) as stop:
         state_file = from_lead(ranks, state_file)  # the others wait here until rank 0 holds the locks
         # rank 0 reads the checkpoint and sends it: every rank resumes from the same state,
         # and ranks on other machines need not see rank 0's file system
@@ -331,22 +329,15 @@ def train(job: Job, ranks: Ranks) -> dict:
         def should_stop() -> bool:
             return any_rank(ranks, stop.is_set())
 
-        trainer.on_step = on_step
-        while not trainer.done:
-            # polled before each epoch too: a signal in an epoch's last step finishes that epoch
-            # (darts.train), and the next one must not start
-            row = None
-            if not should_stop():
-                progress.start_epoch(trainer.epoch + 1, trainer.epoch)
-                row = trainer.train_epoch(stream.epoch_batches(), should_stop=should_stop)
-            if row is None:
-                save_state(trainer, stream, curve, ranks, device, state_file, metrics.rows())
-                where = f"in epoch {trainer.epoch + 1}" if trainer.mid_epoch else f"after epoch {trainer.epoch}"
-                by = f"signal {stop.signum}" if stop.signum is not None else "a signal to another process"
-                progress.line(f"stopped by {by} {where}; checkpoint saved to "
-                              f"{state_file}; run the same command (or dvc repro) to resume")
-                from_lead(ranks, None)  # nobody exits before rank 0 has written: torchrun would kill it
-                raise Interrupted()
+        def stopped() -> None:
+            save_state(trainer, stream, curve, ranks, device, state_file, metrics.rows())
+            where = f"in epoch {trainer.epoch + 1}" if trainer.mid_epoch else f"after epoch {trainer.epoch}"
+            by = f"signal {stop.signum}" if stop.signum is not None else "a signal to another process"
+            progress.line(f"stopped by {by} {where}; checkpoint saved to "
+                          f"{state_file}; run the same command (or dvc repro) to resume")
+            from_lead(ranks, None)  # nobody exits before rank 0 has written: torchrun would kill it
+
+        def end_epoch(row: dict) -> None:
             if not math.isfinite(row["loss"]):
                 raise NonFiniteError(f"non-finite training loss in retrain epoch {trainer.epoch}; stopping "
                                      "(the last checkpoint is kept)")
@@ -355,6 +346,10 @@ def train(job: Job, ranks: Ranks) -> dict:
             progress.end_epoch(row, ("loss", "acc", "lr"))
             metrics.log(trainer.epoch * per_epoch, {k: row[k] for k in ("epoch", "loss", "acc", "lr")})
             save_state(trainer, stream, curve, ranks, device, state_file, metrics.rows())
+
+        trainer.on_step = on_step
+        run_epochs(trainer, lambda stop_now: trainer.train_epoch(stream.epoch_batches(), should_stop=stop_now),
+                   should_stop, progress, end_epoch, stopped)
     return finish(job, ranks, model, curve, progress, state_file)
 
 

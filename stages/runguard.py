@@ -10,13 +10,14 @@ on a busy CPU, and a silent wait reads as a hang.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from .params import ParamsError
 
@@ -171,3 +172,43 @@ class StopOnSignal:
     def __exit__(self, *exc) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def guarded(state_file: Path | None, out_dir: str | Path, lock_root: Path, lead: bool = True):
+    """What every long stage holds while it runs: the locks of its checkpoint and of its output
+    folder (one process per run) and the stop flag a signal sets. Yields the StopOnSignal.
+    Under DDP only the lead process (``lead``) locks and speaks; the others still poll."""
+    lock = RunLock(state_file.with_name("lock"), RunLock.for_dir(lock_root, out_dir)) if lead else contextlib.nullcontext()
+    with lock, StopOnSignal() if lead else StopOnSignal(notify=lambda text: None) as stop:
+        yield stop
+
+
+class EpochLoop(Protocol):
+    """A resumable loop as ``run_epochs`` drives it (darts' Searcher, a Retrainer)."""
+
+    epoch: int  # epochs completed
+
+    @property
+    def done(self) -> bool: ...
+
+
+def run_epochs(loop: EpochLoop, run_epoch: Callable[[Callable[[], bool]], dict | None],
+               should_stop: Callable[[], bool], progress, end_epoch: Callable[[dict], None],
+               stopped: Callable[[], None]) -> None:
+    """The epochs of a resumable stage until ``loop.done``, written once for search and retrain.
+
+    ``run_epoch(should_stop)`` runs one epoch and returns its row, or None when a stop request
+    cut it short; ``end_epoch(row)`` logs it and checkpoints; on a stop, ``stopped()`` saves the
+    checkpoint and says where, then Interrupted is raised. The flag is polled before each epoch
+    too: a signal in an epoch's last step lets that epoch finish, and the next must not start
+    (that cost a whole extra step)."""
+    while not loop.done:
+        row = None
+        if not should_stop():
+            progress.start_epoch(loop.epoch + 1, loop.epoch)
+            row = run_epoch(should_stop)
+        if row is None:
+            stopped()
+            raise Interrupted()
+        end_epoch(row)

@@ -15,23 +15,23 @@ from pathlib import Path
 
 import torch
 
-from darts import checkpoint as ckpt
-from darts.activations import ACTIVATIONS, make_activation
 from darts.data import BatchStream, split_indices
-from darts.hostmemory import retain_freed_memory
-from darts.interfaces import Setting, as_setting, configured
-from darts.methods import METHODS, Untrained
-from darts.regularizers import REGULARIZER_TYPES
-from darts.constraints import TIE_BREAKS
-from darts.schedules import SCHEDULE_TYPES, train_fraction
-from darts.search import SearchConfig, Searcher, evaluate_supernet, final_ties
-from darts.supernet import SearchNetwork
+from darts.loops import checkpoint as ckpt
+from darts.loops.search import SearchConfig, Searcher, evaluate_supernet, final_ties
+from darts.method.activations import ACTIVATIONS, make_activation
+from darts.method.interfaces import Setting, as_setting, configured
+from darts.method.registry import METHODS, Untrained
+from darts.method.regularizers import REGULARIZER_TYPES
+from darts.method.schedules import SCHEDULE_TYPES, train_fraction
+from darts.nn.fast.hostmemory import retain_freed_memory
+from darts.nn.supernet import SearchNetwork
+from darts.space.projection import TIE_BREAKS
 
 from .common import CHECKPOINT_ROOT, machine, reject_machine_settings, as_recorded, checkpoint_path, fault_injection, device_label, drop_checkpoint, load_prepared, seed_everything
 from .livelog import LiveLog, check_live
 from .params import ParamsError, RunSpec, check_data, load_params, run_spec, section
 from .progress import Progress
-from .runguard import Interrupted, RunLock, StopOnSignal
+from .runguard import guarded, run_epochs
 
 #: columns of epochs.tsv (one row per search epoch; empty when an epoch had no α step)
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "alpha_ratio", "alpha_steps", "penalty",
@@ -57,10 +57,15 @@ def write_curve(rows: list[dict], path: Path) -> None:
 
 #: keys of params.search that are neither SearchConfig fields nor a component's own
 #: (``component_settings``): the supernet's size, the checkpoint rate, Π_S's tie rule
-BASE_KEYS = {
-    "layers": 8, "C": 16, "checkpoint_every": 1,
-    "tie_break": "raw_alpha",  # paper text; "index" keeps the authors' code
+BASE_KEYS: dict[str, Setting] = {
+    "layers": Setting(8, "positive_int"),  # and >= 3: two reduction cells (search_settings)
+    "C": Setting(16, "positive_int"),  # and even: FactorizedReduce halves it (search_settings)
+    "checkpoint_every": Setting(1, "positive_int"),
+    "tie_break": Setting("raw_alpha", choices=(  # darts.space.projection.TIE_BREAKS
+        ("raw_alpha", "equal activated values ordered by raw α"),
+        ("index", "lowest op/edge index, the authors' code"))),
 }
+assert tuple(dict(BASE_KEYS["tie_break"].choices)) == TIE_BREAKS
 
 
 def component_settings() -> dict[str, Setting]:
@@ -78,10 +83,10 @@ def component_settings() -> dict[str, Setting]:
     return out
 
 
-def extra_keys() -> dict[str, object]:
-    """Every params.search key that is not a SearchConfig field -> its default; read at each
+def extra_settings() -> dict[str, Setting]:
+    """Every params.search key that is not a SearchConfig field -> its Setting; read at each
     call, so a component registered after import brings its keys with it."""
-    return {**BASE_KEYS, **{k: s.default for k, s in component_settings().items()}}
+    return {**BASE_KEYS, **component_settings()}
 
 
 def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
@@ -89,13 +94,13 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
     s = section(params, "search")
     reject_machine_settings("search", s)
     cfg_fields = {f.name for f in fields(SearchConfig)}
-    keys = extra_keys()
-    unknown = sorted(set(s) - cfg_fields - set(keys))
+    settings = extra_settings()
+    unknown = sorted(set(s) - cfg_fields - set(settings))
     if unknown:
         raise ParamsError(f"params.search has unknown key(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(sorted(cfg_fields | set(keys)))}")
-    extra = {k: s.get(k, v) for k, v in keys.items()}
-    for key, setting in component_settings().items():  # each checked by the rule its component gives
+                          f"valid: {', '.join(sorted(cfg_fields | set(settings)))}")
+    extra = {k: s.get(k, setting.default) for k, setting in settings.items()}
+    for key, setting in settings.items():  # each checked by the rule its owner gives
         problem = setting.problem(extra[key])
         if problem:
             raise ParamsError(f"search.{key}={extra[key]!r} is invalid; {problem}")
@@ -111,17 +116,10 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
         cfg.validate()
     except ValueError as e:
         raise ParamsError(str(e)) from None
-    for key in ("layers", "C", "checkpoint_every"):
-        v = extra[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ParamsError(f"search.{key}={v!r} is invalid; must be a positive integer")
     if extra["layers"] < 3:
         raise ParamsError(f"search.layers={extra['layers']} is invalid; need >= 3 (two reduction cells)")
     if extra["C"] % 2:
         raise ParamsError(f"search.C={extra['C']} is invalid; must be even (FactorizedReduce halves it)")
-    if extra["tie_break"] not in TIE_BREAKS:
-        raise ParamsError(f"search.tie_break={extra['tie_break']!r} is invalid; valid: raw_alpha (equal activated "
-                          "values ordered by raw α), index (lowest op/edge index, the authors' code)")
     return cfg, extra
 
 
@@ -183,7 +181,7 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
     spec, cfg, extra, data_params = settings(params_path, config, seed)
     check_live(live)  # before any work: a bad --live or DARTS_LIVE_EVERY is one line
     device = machine(device, threads)  # stages.common: --device/--threads, else DARTS_DEVICE/DARTS_THREADS
-    retain_freed_memory()  # darts.hostmemory: each step's activations are not faulted in afresh
+    retain_freed_memory()  # darts.nn.fast.hostmemory: each step's activations are not faulted in afresh
     train_set = load_prepared(prepared, "train")
     split_seed = int(data_params.get("seed", 0))
     meta = Path(prepared) / "meta.json"
@@ -198,7 +196,7 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
     command = {"params": as_recorded(params_path), "config": config, "seed": seed, "prepared": as_recorded(prepared)}
     state_file = checkpoint_path("search", run_key(spec, cfg, extra, data_params, prepared), out_dir, command)
     progress = Progress(f"search {spec.label} seed {spec.seed}", cfg.epochs, out_dir / "log.txt")
-    with RunLock(state_file.with_name("lock"), RunLock.for_dir(CHECKPOINT_ROOT, out_dir)), StopOnSignal() as stop:
+    with guarded(state_file, out_dir, CHECKPOINT_ROOT) as stop:
         saved = ckpt.load(state_file) if state_file.is_file() else None
         metrics = LiveLog(live, rows=(saved or {}).get("live"))
         if saved is not None:
@@ -217,22 +215,19 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
         def save() -> None:
             ckpt.save_atomic({**searcher.state_dict(), "live": metrics.rows()}, state_file)
 
-        while not searcher.done:
-            # polled here too: a signal in an epoch's last step lets run_epoch finish the epoch,
-            # and the next epoch must not start (that cost a whole extra step)
-            row = None
-            if not stop.is_set():
-                progress.start_epoch(searcher.epoch + 1, searcher.epoch)
-                row = searcher.run_epoch(on_step=on_step, should_stop=stop.is_set)
-            if row is None:
-                save()
-                progress.line(f"stopped by signal {stop.signum} at step {searcher.step}; checkpoint saved to "
-                              f"{state_file}; run the same command (or dvc repro) to resume")
-                raise Interrupted()
+        def stopped() -> None:
+            save()
+            progress.line(f"stopped by signal {stop.signum} at step {searcher.step}; checkpoint saved to "
+                          f"{state_file}; run the same command (or dvc repro) to resume")
+
+        def end_epoch(row: dict) -> None:
             progress.end_epoch(row, ("train_loss", "train_acc", "val_loss", "alpha_ratio", "penalty"))
             metrics.log(searcher.step, curve_row(row))
             if searcher.epoch % extra["checkpoint_every"] == 0 or searcher.done:
                 save()
+
+        run_epochs(searcher, lambda should_stop: searcher.run_epoch(on_step=on_step, should_stop=should_stop),
+                   stop.is_set, progress, end_epoch, stopped)
     # a method that trains no supernet has nothing to evaluate (its val_acc stays null)
     final = {} if val_eval is None else evaluate_supernet(searcher.net, val_eval.epoch_batches())
     net = searcher.net

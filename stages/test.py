@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from darts.checkpoint import write_json_atomic
 from darts.data import BatchStream
-from darts.evalnet import count_params_m
 from darts.inference import network_from_record
-from darts.train import evaluate
+from darts.loops.checkpoint import write_json_atomic
+from darts.loops.train import evaluate
+from darts.nn.evalnet import count_params_m
 
 from .common import load_prepared, machine
 from .params import ParamsError

@@ -5,21 +5,32 @@ from collections import Counter
 
 import torch
 
-import darts.supernet
-from darts.supernet import SearchNetwork
+import darts.nn.supernet
+from darts.nn.supernet import SearchNetwork
 
-_forward_many = darts.supernet.forward_many
+_forward_many = darts.nn.supernet.forward_many
 
 
 def _counted_forward_many(ops, *args, **kw):
-    """darts.edgebatch.forward_many, first telling each op's counter (set by count_calls)
+    """darts.nn.fast.edgebatch.forward_many, first telling each op's counter (set by count_calls)
     that it runs: a batched op calls neither its forward nor its ``mixed``."""
     for op in ops:
         getattr(op, "_count_call", lambda: None)()
     return _forward_many(ops, *args, **kw)
 
 
-darts.supernet.forward_many = _counted_forward_many
+_mixed_op = darts.nn.supernet.mixed_op
+
+
+def _counted_mixed_op(op, *args, **kw):
+    """darts.nn.supernet.mixed_op (an op's fused search path), first telling the op's counter
+    that it runs: the search network calls it instead of the op's forward."""
+    getattr(op, "_count_call", lambda: None)()
+    return _mixed_op(op, *args, **kw)
+
+
+darts.nn.supernet.forward_many = _counted_forward_many
+darts.nn.supernet.mixed_op = _counted_mixed_op
 
 
 def tiny(activation, layers: int = 3, seed: int = 0, C: int = 4) -> SearchNetwork:
@@ -36,21 +47,17 @@ def batch(n: int = 4, hw: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.T
 
 def count_calls(modules: dict) -> Counter:
     """Count every execution of each module, however the network invokes it: the module call
-    (forward), an op's fused search path (``mixed``, where the op has one) or several edges'
-    op computed as one (``darts.edgebatch.forward_many``)."""
+    (forward), the search network's fused path (``darts.nn.supernet.mixed_op``) or several
+    edges' op computed as one (``darts.nn.fast.edgebatch.forward_many``)."""
     counts = Counter()
     for key, m in modules.items():
         object.__setattr__(m, "_count_call", lambda _key=key: counts.update([_key]))
-        for name in ("forward", "mixed"):
-            orig = getattr(m, name, None)
-            if orig is None:
-                continue
 
-            def wrapped(*args, _orig=orig, _key=key, **kw):
-                counts[_key] += 1
-                return _orig(*args, **kw)
+        def wrapped(*args, _orig=m.forward, _key=key, **kw):
+            counts[_key] += 1
+            return _orig(*args, **kw)
 
-            object.__setattr__(m, name, wrapped)
+        object.__setattr__(m, "forward", wrapped)
     return counts
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from darts.activations import CRB, Softmax, make_activation
-from darts.constraints import derive_genotype
-from darts.space import N_EDGES, node_edge_rows
+from darts.method.activations import CRB, Softmax, make_activation
+from darts.space.primitives import N_EDGES, node_edge_rows
+from darts.space.projection import derive_genotype
 from netutil import batch, count_calls, tiny
 
 # CRB op indices (no `none`)

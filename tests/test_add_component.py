@@ -13,11 +13,11 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import ROOT, tiny_params
-from darts import regularizers
-from darts.activations import make_activation
-from darts.constraints import project
-from darts.interfaces import Regularizer, configured
-from darts.supernet import SearchNetwork
+from darts.method import regularizers
+from darts.method.activations import make_activation
+from darts.method.interfaces import Regularizer, configured
+from darts.nn.supernet import SearchNetwork
+from darts.space.projection import project
 from stages.cli import app
 from stages.params import ParamsError, check_run, run_spec
 from stages.search import search_settings

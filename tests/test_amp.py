@@ -10,15 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from darts.activations import CRB
 from darts.data import BatchStream
-from darts.evalnet import EvalNetwork
-from darts.regularizers import NoRegularizer
-from darts.schedules import alternate
-from darts.search import SearchConfig, Searcher
-from darts.space import DARTS_V2
-from darts.synthetic import make_synthetic
-from darts.train import RetrainConfig, Retrainer, autocast
+from darts.data.synthetic import make_synthetic
+from darts.loops.search import SearchConfig, Searcher
+from darts.loops.train import RetrainConfig, Retrainer, autocast
+from darts.method.activations import CRB
+from darts.method.regularizers import NoRegularizer
+from darts.method.schedules import alternate
+from darts.nn.evalnet import EvalNetwork
+from darts.space.primitives import DARTS_V2
 from netutil import tiny
 
 
@@ -64,7 +64,7 @@ def test_search_epoch_with_amp_takes_the_cpu_fast_paths(monkeypatch, batched):
     bfloat16 gradient against a float32 weight). Unbatched, every edge's 5×5 takes that path
     (as a family pruned down to one member does)."""
     if not batched:
-        monkeypatch.setattr("darts.edgebatch.MAX_NUMEL", 0)
+        monkeypatch.setattr("darts.nn.fast.edgebatch.MAX_NUMEL", 0)
     losses = []
     for amp in (False, True):
         s = _searcher(amp, size=16)
@@ -75,7 +75,7 @@ def test_search_epoch_with_amp_takes_the_cpu_fast_paths(monkeypatch, batched):
 
 
 def test_row_batch_norm_is_float32_only():
-    from darts.ops import batch_norm_function
+    from darts.nn.ops import batch_norm_function
     x = torch.randn(16, 4, 16, 16).contiguous(memory_format=torch.channels_last)
     stats = [(torch.zeros(4), torch.ones(4)) for _ in range(2)]
     for dtype in (torch.float32, torch.bfloat16):

@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT
-from darts.activations import make_activation
 from darts.data import BatchStream, DataError
-from darts.fixed_genotype import set_genotype_alpha
-from darts.published import published_genotype
-from darts.regularizers import NoRegularizer, make_regularizer
-from darts.schedules import alternate, make_schedule
-from darts.search import SearchConfig, Searcher, StepRecord
-from darts.space import parse_genotype
-from darts.supernet import SearchNetwork
-from darts.synthetic import make_synthetic
+from darts.data.synthetic import make_synthetic
+from darts.loops.search import SearchConfig, Searcher, StepRecord
+from darts.method.activations import make_activation
+from darts.method.fixed_genotype import set_genotype_alpha
+from darts.method.regularizers import NoRegularizer, make_regularizer
+from darts.method.schedules import alternate, make_schedule
+from darts.nn.supernet import SearchNetwork
+from darts.space.parse import parse_genotype
+from darts.space.published import published_genotype
 
 
 def _readme_example() -> str:
@@ -112,7 +112,7 @@ def test_own_optimizers_and_no_train_stream():
 
 
 def test_net_genotype_is_pi_s():
-    """α set so that Π_S must return DARTS_V2 (darts.fixed_genotype): net.genotype() does."""
+    """α set so that Π_S must return DARTS_V2 (darts.method.fixed_genotype): net.genotype() does."""
     net = SearchNetwork(make_activation("softmax"), C=4, n_classes=10, layers=3,
                         generator=torch.Generator().manual_seed(0))
     set_genotype_alpha(net, 0, "DARTS_V2")

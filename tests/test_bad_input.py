@@ -110,7 +110,7 @@ def test_missing_metrics_named(tmp_path):
 ])
 def test_retrain_rejects(tmp_path, prepared, path, value, needles):
     g = tmp_path / "genotype.json"
-    from darts.space import DARTS_V2
+    from darts.space.primitives import DARTS_V2
 
     g.write_text(DARTS_V2.to_json())
     r = _invoke(tmp_path, _set(tiny_params(), path, value), ["retrain", "--config", "DARTS", "--genotype", str(g),
@@ -127,7 +127,7 @@ def test_retrain_rejects(tmp_path, prepared, path, value, needles):
     (lambda g: g["reduce"].__setitem__(2, ["skip_connect", 7]), ["source 7", "valid sources"]),
 ])
 def test_bad_genotype_file(tmp_path, prepared, mutate, needles):
-    from darts.space import DARTS_V2
+    from darts.space.primitives import DARTS_V2
 
     g = json.loads(DARTS_V2.to_json())
     mutate(g)
@@ -197,7 +197,7 @@ def test_scale_unknown(tmp_path):
 
 
 def _darts_text(old: str = "", new: str = "") -> str:
-    from darts.space import DARTS_V2
+    from darts.space.primitives import DARTS_V2
 
     return DARTS_V2.to_darts_text().replace("[2, 3, 4, 5]", "range(2, 6)").replace(old, new, 1)
 

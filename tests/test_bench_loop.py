@@ -13,13 +13,13 @@ import pytest
 import torch
 from conftest import ROOT
 
-from darts.activations import CRB, Softmax
-from darts.search import SearchConfig, Searcher
+from darts.loops.search import SearchConfig, Searcher
+from darts.method.activations import CRB, Softmax
 
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder, not an installed package
 from benchmarks import search_bench
 from benchmarks.public_loop import PublicFirstOrderLoop
-from benchmarks.reference import ReferenceSearchNetwork
+from darts.nn.reference import ReferenceSearchNetwork
 from benchmarks.search_bench import FakeStream, make_loop
 
 

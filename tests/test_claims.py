@@ -1,4 +1,4 @@
-"""darts.claims: twins found from dimensions (not names), each claim's statistic by hand."""
+"""darts.report.claims: twins found from dimensions (not names), each claim's statistic by hand."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from darts import claims
+from darts.report import claims
 
 CONFIGS = {  # name -> (method, activation, schedule, regularization)
     "A": ("darts", "softmax", "alternate", "none"), "B": ("darts", "crb", "alternate", "none"),

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import tiny_params
-from darts.space import DARTS_V2
+from darts.space.primitives import DARTS_V2
 from stages import clean, common, search
 from stages.runguard import RunLock
 

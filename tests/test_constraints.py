@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from darts.activations import CRB
-from darts.constraints import (
+from darts.method.activations import CRB
+from darts.space.projection import (
     ProjectionError,
     choose_edges,
     count_ties,
@@ -15,7 +15,7 @@ from darts.constraints import (
     project,
     tie_key,
 )
-from darts.space import Genotype, node_edge_rows, search_ops
+from darts.space.primitives import Genotype, node_edge_rows, search_ops
 
 SOFTMAX_OPS = search_ops("softmax")  # none, max, avg, skip, sep3, sep5, dil3, dil5
 CRB_OPS = search_ops("crb")          # max, avg, skip, sep3, sep5, dil3, dil5

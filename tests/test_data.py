@@ -12,7 +12,7 @@ from PIL import Image
 from darts.data import (CIFAR_MEAN, CIFAR_STD, BatchStream, DataError, ImageSet, augment,
                         load_cifar10, load_imagefolder, load_imageset, normalize,
                         resize, save_imageset, split_indices, subset)
-from darts.synthetic import make_synthetic
+from darts.data.synthetic import make_synthetic
 
 REAL_CIFAR = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg"
 

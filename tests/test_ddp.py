@@ -26,8 +26,8 @@ from typer.testing import CliRunner, Result
 
 from conftest import assert_one_line_error, tiny_params
 from darts.data import BatchStream, DataError
-from darts.synthetic import make_synthetic
-from darts.train import RetrainConfig, Retrainer
+from darts.data.synthetic import make_synthetic
+from darts.loops.train import RetrainConfig, Retrainer
 from stages.cli import app
 
 EPOCHS = 2  # 11 steps each: 352 images / batch 32

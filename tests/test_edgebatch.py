@@ -1,23 +1,19 @@
-"""Several edges' op computed as one wider op (darts/edgebatch.py) == each edge's op alone.
+"""Several edges' op computed as one wider op (darts/nn/fast/edgebatch.py) == each edge's op alone.
 
-Compared with the plain formulation (benchmarks/reference.py) in float64: outputs, the
+Compared with the plain formulation (darts/nn/reference.py) in float64: outputs, the
 gradients of the input, of every edge's α scale and of every weight, and each edge's
 BatchNorm running statistics, in training and in evaluation mode.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
-
-from benchmarks import reference as ref  # noqa: E402
-from darts import edgebatch, ops  # noqa: E402
-from darts.activations import CRB, Softmax  # noqa: E402
-from darts.supernet import SearchNetwork, Shared  # noqa: E402
+from darts.method.activations import CRB, Softmax  # noqa: E402
+from darts.nn import reference as ref  # noqa: E402
+from darts.nn import ops  # noqa: E402
+from darts.nn.fast import edgebatch
+from darts.nn.supernet import SearchNetwork, Shared  # noqa: E402
 
 BATCHED = ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "skip_connect"]
 
@@ -29,7 +25,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # skip_connect is batched at stride 2 only (FactorizedReduce); at stride 1 it is the identity
 CASES = [((name,) * 3, stride, 12) for name in BATCHED for stride in (1, 2)
          if not (name == "skip_connect" and stride == 1)]
-# one family's kernel sizes mixed (darts.supernet.op_groups), on even and odd maps (the
+# one family's kernel sizes mixed (darts.nn.supernet.op_groups), on even and odd maps (the
 # odd stride-1 dilated conv is not rearranged into phases: a dilated conv of padded kernels)
 CASES += [(names, stride, side) for names in (("sep_conv_3x3", "sep_conv_5x5", "sep_conv_3x3"),
                                               ("dil_conv_5x5", "dil_conv_3x3", "dil_conv_3x3"))
@@ -80,7 +76,7 @@ def test_network_batches_edges_and_computes_the_same(monkeypatch, activation):
     x = torch.randn(8, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     calls = []
     real = edgebatch.forward_many
-    monkeypatch.setattr("darts.supernet.forward_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("darts.nn.supernet.forward_many", lambda *a, **k: calls.append(1) or real(*a, **k))
     results = []
     for i, net in enumerate(nets):
         monkeypatch.setattr(edgebatch, "MAX_NUMEL", 1 << 15 if i == 0 else 0)
@@ -98,8 +94,8 @@ def test_network_batches_edges_and_computes_the_same(monkeypatch, activation):
 
 
 def test_op_groups_put_one_family_s_consecutive_ops_together():
-    from darts.space import PRIMITIVES
-    from darts.supernet import op_groups
+    from darts.nn.supernet import op_groups
+    from darts.space.primitives import PRIMITIVES
 
     assert op_groups(PRIMITIVES) == [[0], [1], [2], [3], [4, 5], [6, 7]]
     assert op_groups(PRIMITIVES[1:]) == [[0], [1], [2], [3, 4], [5, 6]]  # CRB: no `none`

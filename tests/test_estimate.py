@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from conftest import tiny_params
 from darts.data import split_indices
-from darts.schedules import train_fraction
-from darts.steptime import StepCost, Timer
+from darts.loops.steptime import StepCost, Timer
+from darts.method.schedules import train_fraction
 from stages import estimate, scales
 from stages.cli import app
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import darts.evalnet as evalnet
-from darts.evalnet import EvalNetwork, count_params_m, drop_masks, node_sum
-from darts.ops import Identity
-from darts.space import DARTS_V2
+import darts.nn.evalnet as evalnet
+from darts.nn.evalnet import EvalNetwork, count_params_m, drop_masks, node_sum
+from darts.nn.ops import Identity
+from darts.space.primitives import DARTS_V2
 
 
 def tiny(auxiliary: bool = True) -> EvalNetwork:
@@ -169,7 +169,7 @@ def test_ops_reading_one_state_share_its_relu_and_pools(monkeypatch):
     pools, relus = [], []
     real_pool, real_relu = torch.nn.MaxPool2d.forward, torch.nn.functional.relu
     monkeypatch.setattr(torch.nn.MaxPool2d, "forward", lambda self, x: pools.append(1) or real_pool(self, x))
-    monkeypatch.setattr("darts.ops.F.relu", lambda x, *a, **k: relus.append(x) or real_relu(x, *a, **k))
+    monkeypatch.setattr("darts.nn.ops.F.relu", lambda x, *a, **k: relus.append(x) or real_relu(x, *a, **k))
     net = EvalNetwork(DARTS_V2, C=8, n_classes=10, layers=3, auxiliary=False)
     net.train()
     net.drop_path_prob = 0.2

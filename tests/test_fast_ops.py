@@ -1,9 +1,9 @@
 """The fast op formulation computes the same function as the straightforward one.
 
-darts/ops.py rearranges the arithmetic for CPU speed (dilated depthwise convolutions on
+darts/nn/ops.py rearranges the arithmetic for CPU speed (dilated depthwise convolutions on
 pixel phases, a row-wise BatchNorm, channels-last, shared ReLU/pooling per source
 state, α folded into the last BatchNorm). These tests pin it to the plain formulation
-in benchmarks/reference.py: nn.Conv2d(groups=C), nn.BatchNorm2d, one module per op.
+in darts/nn/reference.py: nn.Conv2d(groups=C), nn.BatchNorm2d, one module per op.
 
 Float32 comparisons use 1e-5 relative to the largest entry. Whole-network gradients
 are compared in float64: a network of ReLUs and max-pools is only piecewise smooth,
@@ -24,12 +24,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder, not an installed package
 
-from benchmarks import reference as ref  # noqa: E402
+from darts.nn import reference as ref  # noqa: E402
 from benchmarks.search_bench import prune_half  # noqa: E402
-from darts import depthwise, ops  # noqa: E402
-from darts.supernet import Shared, mixed_op  # noqa: E402
-from darts.activations import CRB, Softmax  # noqa: E402
-from darts.supernet import SearchNetwork  # noqa: E402
+from darts.method.activations import CRB, Softmax  # noqa: E402
+from darts.nn import ops  # noqa: E402
+from darts.nn.fast import depthwise
+from darts.nn.supernet import Shared, mixed_op  # noqa: E402
+from darts.nn.supernet import SearchNetwork  # noqa: E402
 
 CL = torch.channels_last
 
@@ -251,9 +252,9 @@ def test_eval_network_matches_reference_forward_and_gradients(drop_prob, monkeyp
     built from the fast ops computes what the plain ops compute, gradients included; with
     drop-path too, given the same masks (ours draws a cell's at once and sums each node
     with addcmul, the reference drops per op as DARTS and adds)."""
-    from darts import evalnet
-    from darts.evalnet import EvalNetwork
-    from darts.space import Genotype
+    from darts.nn import evalnet
+    from darts.nn.evalnet import EvalNetwork
+    from darts.space.primitives import Genotype
 
     gen = torch.Generator().manual_seed(3)
     cells_masks: list[torch.Tensor] = []  # the masks our cells drew, in order

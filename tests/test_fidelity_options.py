@@ -16,9 +16,9 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import tiny_params
-from darts.activations import CRB
-from darts.search import final_ties
-from darts.space import search_ops
+from darts.loops.search import final_ties
+from darts.method.activations import CRB
+from darts.space.primitives import search_ops
 from stages import discretize
 from stages.cli import app
 from stages.params import ParamsError, run_spec
@@ -82,7 +82,7 @@ def test_discretize_refuses_an_unknown_recorded_rule(tmp_path):
 
 
 def test_final_ties_counts_per_cell_type():
-    from darts.supernet import SearchNetwork
+    from darts.nn.supernet import SearchNetwork
 
     net = SearchNetwork(CRB(), C=2, n_classes=3, layers=3, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

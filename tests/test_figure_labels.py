@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from matplotlib.text import Text
 
-from darts import figures as F
-from darts import figures_study as FS
+from darts.report import figures as F
+from darts.report import figures_study as FS
 from stages import figures as stage
 
 

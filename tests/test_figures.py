@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from darts import figures as F
-from darts import figures_study as FS
-from darts.space import DARTS_V2, N_EDGES, search_ops
+from darts.report import figures as F
+from darts.report import figures_study as FS
+from darts.space.primitives import DARTS_V2, N_EDGES, search_ops
 from stages import figures as stage
 
 STEPS_PER_EPOCH, EPOCHS = 12, 2
@@ -168,8 +168,8 @@ def test_comparison_figure_draws_table1s_intervals(tmp_path):
     """The figure's bars are Table 1's numbers: Random [2, 4, 6, 8] vs X [1, 2, 3, 4] is
     −2.50 [−6.36, +1.36] (no difference shown; the by-hand case of test_stats), Y lies
     wholly below; a one-seed row has no interval."""
-    from darts import figures_compare as FC
-    from darts import report
+    from darts.report import figures_compare as FC
+    from darts.report import table as report
 
     errors = {"Random": [2, 4, 6, 8], "X": [1, 2, 3, 4], "Y": [0.1, 0.2, 0.3, 0.4], "Z": [5.0]}
     runs = pd.DataFrame([{"config": c, "seed": s, "test_error": e, "params_m": 1.0, "search_seconds": 0.0,

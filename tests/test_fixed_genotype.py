@@ -1,4 +1,4 @@
-"""A given genotype as a study row (method `fixed`, darts.fixed_genotype): its α makes Π_S give
+"""A given genotype as a study row (method `fixed`, darts.method.fixed_genotype): its α makes Π_S give
 back exactly the genotype in its own pair order, bad values fail in one line before any work,
 and the row's chain (search → discretize → retrain) trains the same network, bit for bit, as
 `darts retrain --genotype` of the same cell."""
@@ -12,13 +12,14 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import tiny_params
-from darts.activations import make_activation
-from darts.constraints import derive_genotype
-from darts.fixed_genotype import FIRST, SECOND, genotype_alpha, set_genotype_alpha
-from darts.methods import METHODS, Untrained
-from darts.published import PUBLISHED, published_genotype
-from darts.space import N_EDGES, parse_genotype, search_ops
-from darts.supernet import SearchNetwork
+from darts.method.activations import make_activation
+from darts.method.fixed_genotype import FIRST, SECOND, genotype_alpha, set_genotype_alpha
+from darts.method.registry import METHODS, Untrained
+from darts.nn.supernet import SearchNetwork
+from darts.space.parse import parse_genotype
+from darts.space.primitives import N_EDGES, search_ops
+from darts.space.projection import derive_genotype
+from darts.space.published import PUBLISHED, published_genotype
 from stages.cli import app
 from stages.params import ParamsError, run_spec, study_runs
 

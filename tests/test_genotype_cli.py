@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import assert_one_line_error as _assert_one_line_error, tiny_params
-from darts.space import genotype_format, parse_genotype
+from darts.space.parse import genotype_format, parse_genotype
 from stages.cli import app
 
 runner = CliRunner()

@@ -14,13 +14,13 @@ import pytest
 import torch
 from netutil import FixedBatches, tiny
 
-from darts.activations import Softmax
 from darts.data import BatchStream
-from darts.history import History
-from darts.regularizers import NoRegularizer
-from darts.schedules import alternate
-from darts.search import SearchConfig, Searcher
-from darts.synthetic import make_synthetic
+from darts.data.synthetic import make_synthetic
+from darts.loops.history import History
+from darts.loops.search import SearchConfig, Searcher
+from darts.method.activations import Softmax
+from darts.method.regularizers import NoRegularizer
+from darts.method.schedules import alternate
 
 
 def _searcher(device: str = "cpu", epochs: int = 2) -> Searcher:

@@ -1,4 +1,4 @@
-"""darts.hostmemory: freed activations are reused, not faulted in again every step.
+"""darts.nn.fast.hostmemory: freed activations are reused, not faulted in again every step.
 
 It runs in a fresh interpreter: the setting is process-wide.
 """
@@ -12,7 +12,7 @@ import pytest
 
 SCRIPT = """
 import json, resource, sys, torch
-from darts.hostmemory import retain_freed_memory
+from darts.nn.fast.hostmemory import retain_freed_memory
 took = retain_freed_memory() if sys.argv[1] == "retain" else None
 def step():  # a training step's pattern: blocks of a few sizes, all freed at the end
     blocks = [torch.ones(1 << (20 + i % 3)) for i in range(24)]  # 4, 8 and 16 MB

@@ -1,16 +1,16 @@
-"""Every registered component satisfies its written protocol (darts/interfaces.py), and an
+"""Every registered component satisfies its written protocol (darts/method/interfaces.py), and an
 object missing a member does not: the protocols are checks, not decoration."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from darts.activations import ACTIVATIONS, make_activation
 from darts.data import BatchStream
-from darts.interfaces import Activation, BatchSource, Regularizer, Schedule, Setting, as_setting
-from darts.regularizers import REGULARIZER_TYPES, make_regularizer
-from darts.schedules import SCHEDULE_TYPES, make_schedule
-from darts.synthetic import make_synthetic
+from darts.data.synthetic import make_synthetic
+from darts.method.activations import ACTIVATIONS, make_activation
+from darts.method.interfaces import Activation, BatchSource, Regularizer, Schedule, Setting, as_setting
+from darts.method.regularizers import REGULARIZER_TYPES, make_regularizer
+from darts.method.schedules import SCHEDULE_TYPES, make_schedule
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))

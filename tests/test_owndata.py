@@ -17,10 +17,10 @@ import stages.common
 import stages.retrain
 import stages.search
 from darts.data import DataError, ImageSet, channel_stats, load_imagefolder, load_imageset, subset
-from darts.evalnet import EvalNetwork, count_params_m
-from darts.evalnet_imagenet import EvalNetworkImageNet, choose_network
 from darts.inference import load_model
-from darts.published import published_genotype
+from darts.nn.evalnet import EvalNetwork, count_params_m
+from darts.nn.evalnet_imagenet import EvalNetworkImageNet, choose_network
+from darts.space.published import published_genotype
 from stages.cli import app
 
 from conftest import assert_one_line_error, tiny_params
@@ -239,8 +239,8 @@ def test_export_gray_non_square_imagenet_model(tmp_path, fmt):
     checked against PyTorch's by the command itself (<= 1e-4, exit 1 otherwise)."""
     import importlib.util
 
-    from darts.checkpoint import save_atomic
     from darts.inference import model_record
+    from darts.loops.checkpoint import save_atomic
 
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if fmt == "onnx" and missing:

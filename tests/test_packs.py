@@ -1,4 +1,4 @@
-"""Packed weights of batched edges (darts.edgebatch): the packing math, and their reuse.
+"""Packed weights of batched edges (darts.nn.fast.edgebatch): the packing math, and their reuse.
 
 The packs are linear maps of the member weights; their gradients are checked against
 finite differences (and second order, which the exact unrolled test relies on). Reuse is
@@ -12,13 +12,13 @@ import copy
 import pytest
 import torch
 
-from darts import edgebatch
-from darts.activations import CRB, Softmax
 from darts.data import BatchStream
-from darts.regularizers import NoRegularizer
-from darts.schedules import Constant, alternate
-from darts.search import SearchConfig, Searcher
-from darts.synthetic import make_synthetic
+from darts.data.synthetic import make_synthetic
+from darts.loops.search import SearchConfig, Searcher
+from darts.method.activations import CRB, Softmax
+from darts.method.regularizers import NoRegularizer
+from darts.method.schedules import Constant, alternate
+from darts.nn.fast import edgebatch
 from netutil import tiny
 
 

@@ -1,6 +1,6 @@
 """The command layer asks components what they can do; it never compares their names.
 
-The guide's rule for plug-ins (darts/search.py's loop asks `alpha_step_due`, `needs_fisher`,
+The guide's rule for plug-ins (darts/loops/search.py's loop asks `alpha_step_due`, `needs_fisher`,
 `penalty`): a new activation, schedule, regularizer or method is added in its own module and
 the registry, and no `if x == "crb"` elsewhere has to learn about it. This scans the stages'
 syntax trees for a comparison with a component's name.
@@ -10,10 +10,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from darts.activations import ACTIVATIONS
-from darts.methods import METHODS
-from darts.regularizers import REGULARIZERS
-from darts.schedules import SCHEDULES
+from darts.method.activations import ACTIVATIONS
+from darts.method.registry import METHODS
+from darts.method.regularizers import REGULARIZERS
+from darts.method.schedules import SCHEDULES
 
 NAMES = set(ACTIVATIONS) | set(SCHEDULES) | set(REGULARIZERS) | set(METHODS)
 STAGES = Path(__file__).resolve().parents[1] / "stages"

@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 import stages.models
 from conftest import assert_one_line_error, tiny_params
-from darts.checkpoint import save_atomic
 from darts.data import BatchStream, CIFAR_MEAN, CIFAR_STD, ImageSet, normalize, resize_batch
-from darts.evalnet import EvalNetwork
 from darts.inference import load_model, model_record, predict, read_image
-from darts.space import DARTS_V2, Genotype
+from darts.loops.checkpoint import save_atomic
+from darts.nn.evalnet import EvalNetwork
+from darts.space.primitives import DARTS_V2, Genotype
 from stages.cli import app
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from darts.data import BatchStream, ImageSet
-from darts.train import RetrainConfig, Retrainer
+from darts.loops.train import RetrainConfig, Retrainer
 from stages.progress import Progress
 
 

@@ -18,10 +18,10 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import assert_one_line_error, tiny_params
-from darts.evalnet import EvalNetwork, count_params_m
-from darts.published import PUBLISHED, find_published, published_genotype, published_info
-from darts.space import (DARTS_V2, N_INPUTS, N_NODES, PRIMITIVES, Genotype, GenotypeError, genotype_format,
-                         parse_genotype)
+from darts.nn.evalnet import EvalNetwork, count_params_m
+from darts.space.parse import genotype_format, parse_genotype
+from darts.space.primitives import DARTS_V2, N_INPUTS, N_NODES, PRIMITIVES, Genotype, GenotypeError
+from darts.space.published import PUBLISHED, find_published, published_genotype, published_info
 from stages.cli import app
 from stages.params import ParamsError
 from stages.retrain import read_genotype
@@ -107,7 +107,7 @@ def test_published_genotypes_by_value():
     assert pc.reduce[:4] == [("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2)]
     assert pd.normal[3] == ("sep_conv_3x3", 1) and pd.normal[7] == ("dil_conv_5x5", 4)
     assert pd.reduce[0] == ("avg_pool_3x3", 0) and pd.reduce[7] == ("dil_conv_5x5", 3)
-    assert published_genotype("DARTS_V2") == DARTS_V2  # darts.space's constant is the published one
+    assert published_genotype("DARTS_V2") == DARTS_V2  # darts.space.primitives's constant is the published one
     for g in (v1, pc, pd):
         assert g.normal_concat == g.reduce_concat == [2, 3, 4, 5]
 

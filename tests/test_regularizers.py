@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from darts.activations import CRB, Softmax
-from darts.interfaces import configured
-from darts.regularizers import ADMM, REGULARIZER_TYPES, NoRegularizer, Proximity, make_regularizer
-from darts.space import N_EDGES
-from darts.supernet import SearchNetwork
+from darts.method.activations import CRB, Softmax
+from darts.method.interfaces import configured
+from darts.method.regularizers import ADMM, REGULARIZER_TYPES, NoRegularizer, Proximity, make_regularizer
+from darts.nn.supernet import SearchNetwork
+from darts.space.primitives import N_EDGES
 
 # Hand-designed CRB α (14×7). Normal: 0.1 everywhere, 0.6 on CHOICE_N; reduce: 0.2, 0.9 on CHOICE_R.
 # Each node has exactly two rows with a raised entry, so Π_S = one-hot(CHOICE) (see test_constraints).
@@ -238,7 +238,7 @@ def test_admm_softmax_update_formula():
     u_prev = {t: 0.01 * torch.randn(N_EDGES, 8, generator=g, dtype=torch.float64) for t in a}
     admm.u = {t: u.clone() for t, u in u_prev.items()}
     admm.after_alpha_step(net)
-    from darts.constraints import project
+    from darts.space.projection import project
     live = torch.ones(N_EDGES, 8, dtype=torch.bool)
     for t in a:
         z = project(torch.softmax(a[t] + u_prev[t], -1), live, net.ops)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import tiny_params
-from darts.activations import ACTIVATIONS, Sigmoid, make_activation
-from darts.methods import METHODS, R_DARTS_L2_GRID
-from darts.regularizers import REGULARIZERS, ZeroOne, make_regularizer
-from darts.search import make_optimizers
-from darts.space import PRIMITIVES
+from darts.loops.search import make_optimizers
+from darts.method.activations import ACTIVATIONS, Sigmoid, make_activation
+from darts.method.registry import METHODS, R_DARTS_L2_GRID
+from darts.method.regularizers import REGULARIZERS, ZeroOne, make_regularizer
+from darts.space.primitives import PRIMITIVES
 from stages.params import ParamsError, check_run, run_spec
 from stages.search import search_settings
 
@@ -125,7 +125,7 @@ def test_r_darts_is_a_bilevel_method_with_all_dimensions():
 # --- FairDARTS: their threshold rule, recorded beside Π_S -----------------------------------
 
 def test_threshold_rule_keeps_pi_s_choices_at_or_above_085_by_hand():
-    from darts.constraints import derive_cell, threshold_cell
+    from darts.space.projection import derive_cell, threshold_cell
 
     ops = Sigmoid().ops  # max_pool, avg_pool, skip, sep3, sep5, dil3, dil5
     w = torch.full((14, 7), 0.5, dtype=torch.float64)
@@ -145,8 +145,8 @@ def test_threshold_rule_keeps_pi_s_choices_at_or_above_085_by_hand():
 # --- DARTS-: the auxiliary skip, outside α, β decaying linearly ------------------------------
 
 def _no_op_cell(beta: float):
-    from darts.ops import as_shared, preprocess
-    from darts.supernet import SearchCell
+    from darts.nn.ops import as_shared, preprocess
+    from darts.nn.supernet import SearchCell
 
     torch.manual_seed(0)
     cell = SearchCell(("skip_connect",), 4, 4, 4, reduction=False, reduction_prev=False, node_norm=False,
@@ -170,7 +170,7 @@ def test_aux_skip_alone_gives_the_hand_worked_node_sums():
 
 
 def test_beta_decays_linearly_per_epoch_and_only_with_the_option():
-    from darts.supernet import SearchNetwork
+    from darts.nn.supernet import SearchNetwork
 
     net = SearchNetwork(make_activation("softmax"), C=4, n_classes=3, layers=3, aux_skip=True)
     assert net.aux_beta.item() == 1.0  # the start of the search
@@ -187,7 +187,7 @@ def test_beta_decays_linearly_per_epoch_and_only_with_the_option():
 # --- NASP: forward through ā = prox_C1(α), gradient to α, α clipped into [0, 1] -------------
 
 def test_nasp_forward_is_one_hot_and_the_gradient_goes_straight_to_alpha():
-    from darts.activations import Proximal
+    from darts.method.activations import Proximal
 
     a = torch.tensor([[0.2, 0.7, 0.5], [0.9, 0.1, 0.3]], dtype=torch.float64, requires_grad=True)
     w = Proximal()(a, torch.ones(2, 3, dtype=torch.bool))
@@ -199,7 +199,7 @@ def test_nasp_forward_is_one_hot_and_the_gradient_goes_straight_to_alpha():
 
 
 def test_nasp_alpha_is_clipped_into_its_box_after_a_step():
-    from darts.supernet import SearchNetwork
+    from darts.nn.supernet import SearchNetwork
 
     net = SearchNetwork(make_activation("nasp"), C=4, n_classes=3, layers=3)
     a0 = net.alpha_normal.detach()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from darts import report
+from darts.report import table as report
 from stages import aggregate
 from stages.params import ParamsError
 

@@ -80,7 +80,7 @@ def test_search_kill9_mid_epoch_resumes_identically(work):
     g = json.loads((work / "k9" / "genotype" / "genotype.json").read_text())
     state = torch.load(work / "k9" / "search" / "supernet.pt", weights_only=True)
     ops = state["ops"]
-    from darts.space import edges
+    from darts.space.primitives import edges
 
     rows = {(i, j): r for r, (i, j) in enumerate(edges())}
     for cell in ("normal", "reduce"):
@@ -154,7 +154,7 @@ def test_second_process_on_same_run_is_refused(work):
 
 
 def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
-    from darts import checkpoint as ckpt
+    from darts.loops import checkpoint as ckpt
 
     path = tmp_path / "state.pt"
     ckpt.save_atomic({"epoch": 1}, path)

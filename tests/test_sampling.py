@@ -9,12 +9,12 @@ from itertools import combinations
 import pytest
 import torch
 
-from darts.activations import make_activation
-from darts.constraints import derive_genotype, tie_key
-from darts.methods import METHODS, Untrained
-from darts.sampling import draw_alpha, sample_genotype
-from darts.space import N_EDGES, N_INPUTS, N_NODES, search_ops
-from darts.supernet import SearchNetwork
+from darts.method.activations import make_activation
+from darts.method.registry import METHODS, Untrained
+from darts.method.sampling import draw_alpha, sample_genotype
+from darts.nn.supernet import SearchNetwork
+from darts.space.primitives import N_EDGES, N_INPUTS, N_NODES, search_ops
+from darts.space.projection import derive_genotype, tie_key
 from stages.params import ParamsError, run_spec, study_runs
 
 DRAWS = 3000

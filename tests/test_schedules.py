@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from darts.interfaces import configured
-from darts.schedules import FIMT, SCHEDULE_TYPES, Constant, alternate, make_schedule, train_fraction
+from darts.method.interfaces import configured
+from darts.method.schedules import FIMT, SCHEDULE_TYPES, Constant, alternate, make_schedule, train_fraction
 
 
 def run(schedule, fishers):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from darts.space import (
+from darts.space.primitives import (
     CONCAT,
     DARTS_V2,
     N_EDGES,
@@ -189,7 +189,7 @@ def test_from_darts_text_never_evaluates(tmp_path):
 
 def test_round_trip_json_to_text_to_parse():
     """genotype.json -> DARTS text (what discretize writes as genotype.txt) -> parse_genotype: the same genotype."""
-    from darts.space import parse_genotype
+    from darts.space.parse import parse_genotype
 
     for g in (Genotype(normal=NORMAL_OK, reduce=REDUCE_OK), DARTS_V2):
         from_json = parse_genotype(g.to_json())
@@ -201,7 +201,7 @@ def test_round_trip_json_to_text_to_parse():
 
 
 def test_parse_genotype_concat_forms_and_positional():
-    from darts.space import parse_genotype
+    from darts.space.parse import parse_genotype
 
     assert parse_genotype(DARTS_V2_TEXT) == DARTS_V2
     assert parse_genotype(DARTS_V2_LOG_TEXT) == DARTS_V2
@@ -229,7 +229,7 @@ def test_parse_genotype_concat_forms_and_positional():
      "reduce=[], reduce_concat=range(2, 6))", "pair"),
 ])
 def test_parse_genotype_rejects_with_one_line(text, match):
-    from darts.space import parse_genotype
+    from darts.space.parse import parse_genotype
 
     with pytest.raises(GenotypeError, match=match) as info:
         parse_genotype(text)

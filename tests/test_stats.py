@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from darts.stats import betainc, t_cdf, t_ppf, welch_interval
+from darts.report.stats import betainc, t_cdf, t_ppf, welch_interval
 
 #: t_{0.975, df} from printed tables (3 decimals) and, for df = 2.5, from the closed form below
 TABULATED = {1: 12.706, 2: 4.303, 5: 2.571, 10: 2.228, 30: 2.042}
@@ -117,7 +117,7 @@ def test_level_changes_width():
     (0.95, 3, 10, 3.708265), (0.975, 5, 7, 5.285237), (0.975, 2, 2, 39.0), (0.99, 1, 1, 4052.181),
     (0.95, 10, 30, 2.164579), (0.025, 2, 2, 1 / 39.0)])
 def test_f_quantiles_match_tables(p, d1, d2, expected):
-    from darts.stats import f_cdf, f_ppf
+    from darts.report.stats import f_cdf, f_ppf
 
     assert f_ppf(p, d1, d2) == pytest.approx(expected, rel=1e-5)
     assert f_cdf(f_ppf(p, d1, d2), d1, d2) == pytest.approx(p, abs=1e-9)
@@ -126,7 +126,7 @@ def test_f_quantiles_match_tables(p, d1, d2, expected):
 def test_sd_ratio_interval_by_hand():
     """a = [1, 2, 3] (s² = 1), b = [1, 3, 5] (s² = 4): σ_a/σ_b = 0.5, 2 and 2 df, F_.975 = 39,
     F_.025 = 1/39: [0.5/√39, 0.5·√39] = [0.080064, 3.122499]; crosses 1."""
-    from darts.stats import sd_ratio_interval
+    from darts.report.stats import sd_ratio_interval
 
     r = sd_ratio_interval([1, 2, 3], [1, 3, 5])
     assert (r.ratio, r.low, r.high) == pytest.approx((0.5, 0.5 / 39 ** 0.5, 0.5 * 39 ** 0.5), rel=1e-7)

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import ROOT
-from darts.report import paper_row
+from darts.report.table import paper_row
 from stages import scales
 from stages.cli import app
 from stages.params import check_run

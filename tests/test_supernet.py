@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from darts.activations import CRB, Softmax
-from darts.ops import Zero
-from darts.space import N_EDGES
-from darts.supernet import reduction_layers
+from darts.method.activations import CRB, Softmax
+from darts.nn.ops import Zero
+from darts.nn.supernet import reduction_layers
+from darts.space.primitives import N_EDGES
 from netutil import batch, count_calls, tiny
 
 
@@ -77,7 +77,7 @@ def test_reduction_cells_and_spatial_sizes():
     assert net.classifier.in_features == 16 * C
     # stride 2 exactly on the edges leaving the two cell inputs of a reduction cell
     red = net.cells[1]
-    from darts.space import edges as _edges
+    from darts.space.primitives import edges as _edges
     for (node, src), edge in zip(_edges(), red.edges):
         conv = edge.ops[4][0][1]  # sep_conv_3x3 → first DilConv → depthwise conv
         assert conv.stride == ((2, 2) if src < 2 else (1, 1))
@@ -162,7 +162,7 @@ def test_node_sums_added_in_place_give_bit_identical_results(monkeypatch):
     the same values in the same order, so output, gradients (α and weights) and the
     running statistics are bitwise those of all-out-of-place sums (at 32×32 maps too, where
     nothing is batched and every op goes through ``mixed_op``)."""
-    import darts.supernet as supernet
+    import darts.nn.supernet as supernet
 
     real = supernet.accumulate
     calls = []

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import darts.supernet
-from darts.activations import CRB, Softmax
-from darts.regularizers import ADMM, NoRegularizer, Proximity
-from darts.schedules import alternate
-from darts.search import SearchConfig, Searcher
+import darts.nn.supernet
+from darts.loops.search import SearchConfig, Searcher
+from darts.method.activations import CRB, Softmax
+from darts.method.regularizers import ADMM, NoRegularizer, Proximity
+from darts.method.schedules import alternate
 from netutil import FixedBatches, batch, count_calls, tiny
 
 REGULARIZERS = {"none": NoRegularizer, "pr": Proximity, "admm": lambda: ADMM(n=1)}  # ADMM: z, u every step
@@ -79,7 +79,7 @@ def test_ops_pruned_but_not_yet_skipped_change_nothing(monkeypatch, batched):
     with it, the batched convolutions change shape, so to rounding), and they are skipped once
     the copy is picked up."""
     if not batched:
-        monkeypatch.setattr(darts.supernet, "batchable", lambda *a: False)
+        monkeypatch.setattr(darts.nn.supernet, "batchable", lambda *a: False)
     nets = [tiny(CRB(), seed=4) for _ in range(2)]
     for net in nets:
         with torch.no_grad():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from darts.data import DataError, normalize
-from darts.synthetic import make_synthetic
+from darts.data.synthetic import make_synthetic
 
 
 def test_synthetic_is_bitwise_deterministic_and_well_formed():

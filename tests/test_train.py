@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from darts.evalnet import EvalNetwork
-from darts.space import DARTS_V2
-from darts.train import RetrainConfig, Retrainer, clip_grad_norm, cosine_lr, evaluate, sgd
+from darts.loops.train import RetrainConfig, Retrainer, clip_grad_norm, cosine_lr, evaluate, sgd
+from darts.nn.evalnet import EvalNetwork
+from darts.space.primitives import DARTS_V2
 
 N_CLASSES = 4
 
@@ -197,7 +197,7 @@ def test_validate_exact_message_and_from_dict():
 
 
 def test_fused_sgd_and_foreach_clipping_update_as_the_plain_loops():
-    """darts.train.sgd (fused) + clip_grad_norm (foreach) = torch's plain SGD + clip_grad_norm_,
+    """darts.loops.train.sgd (fused) + clip_grad_norm (foreach) = torch's plain SGD + clip_grad_norm_,
     step for step, and the returned norm is the one before clipping."""
     torch.manual_seed(0)
     shapes = [(16, 8, 3, 3), (16,), (10, 16), (1,)]
@@ -229,7 +229,7 @@ def test_training_loops_keep_live_objects_out_of_gc_collections():
 
     from test_history import _searcher
 
-    from darts.train import frozen_gc
+    from darts.loops.train import frozen_gc
 
     frozen = []
     trainer = Retrainer(tiny_net(), cfg(epochs=1), on_step=lambda *a: frozen.append(gc.get_freeze_count()))

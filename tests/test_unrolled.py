@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from darts.activations import CRB, Softmax
-from darts.supernet import SearchNetwork
-from darts.unrolled import finite_difference_hvp, unrolled_alpha_grad_terms, unrolled_alpha_grads
+from darts.method.activations import CRB, Softmax
+from darts.method.unrolled import finite_difference_hvp, unrolled_alpha_grad_terms, unrolled_alpha_grads
+from darts.nn.supernet import SearchNetwork
 
 EPS = 1e-7
 ALPHA_NAMES = ("alpha_normal", "alpha_reduce")
@@ -181,12 +181,12 @@ def test_unrolled_with_pruned_crb_ops():
     assert rel(grads, exact) < 1e-5
 
 
-# --- BatchNorm running statistics (darts.unrolled's docstring) ------------------------------
+# --- BatchNorm running statistics (darts.method.unrolled's docstring) ------------------------------
 STAT_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def bn_buffers(net) -> dict[str, torch.Tensor]:
-    """Every running-statistics buffer by name, found independently of darts.unrolled (by name)."""
+    """Every running-statistics buffer by name, found independently of darts.method.unrolled (by name)."""
     bufs = {n: b.detach().clone() for n, b in net.named_buffers() if n.rsplit(".", 1)[-1] in STAT_NAMES}
     assert bufs
     return bufs
@@ -261,9 +261,9 @@ def test_second_order_search_iteration_only_the_w_step_moves_bn_stats():
     """One search iteration (α step, then w step) of a second-order Searcher: its BN buffers end as
     the w step's forward alone leaves them: a copy of the net from before the iteration, given the
     new α and run forward once on the train batch, has the same buffers, bit for bit."""
-    from darts.regularizers import NoRegularizer
-    from darts.schedules import alternate
-    from darts.search import SearchConfig, Searcher
+    from darts.loops.search import SearchConfig, Searcher
+    from darts.method.regularizers import NoRegularizer
+    from darts.method.schedules import alternate
     from netutil import FixedBatches
 
     net = warmed(Softmax(), seed=9)

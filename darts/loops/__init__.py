@@ -1,0 +1,4 @@
+"""The training loops and what they record: the bilevel search (``search``), retraining
+and evaluation (``train``), the search record (``history``), atomic checkpoints keyed by
+configuration (``checkpoint``), and timing a few real steps for cost estimates
+(``steptime``)."""
