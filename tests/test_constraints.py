@@ -15,10 +15,10 @@ from darts.space.projection import (
     project,
     tie_key,
 )
-from darts.space.primitives import Genotype, node_edge_rows, search_ops
+from darts.space.primitives import PRIMITIVES, WITHOUT_NONE, Genotype, node_edge_rows
 
-SOFTMAX_OPS = search_ops("softmax")  # none, max, avg, skip, sep3, sep5, dil3, dil5
-CRB_OPS = search_ops("crb")          # max, avg, skip, sep3, sep5, dil3, dil5
+SOFTMAX_OPS = PRIMITIVES  # none, max, avg, skip, sep3, sep5, dil3, dil5
+CRB_OPS = WITHOUT_NONE          # max, avg, skip, sep3, sep5, dil3, dil5
 NONE, MAX, AVG, SKIP, SEP3, SEP5, DIL3, DIL5 = range(8)
 
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
+from darts.method.activations import make_activation
 from darts.report import figures as F
 from darts.report import figures_study as FS
-from darts.space.primitives import DARTS_V2, N_EDGES, search_ops
+from darts.space.primitives import DARTS_V2, N_EDGES
 from stages import figures as stage
 
 STEPS_PER_EPOCH, EPOCHS = 12, 2
@@ -24,7 +25,7 @@ LABELS = {"DARTS": "DARTS", "FIMT_CRB": "+PR+FIMT+CRB"}
 def history(activation: str, schedule: str, seed: int = 0) -> dict:
     """What History.state_dict() holds after a tiny search (values are made up but shaped right)."""
     g = torch.Generator().manual_seed(seed)
-    ops = list(search_ops(activation))
+    ops = list(make_activation(activation).ops)
     n = STEPS_PER_EPOCH * EPOCHS
     every = 1 if schedule == "alternate" else 4
     alpha_steps = [0] + [i for i in range(n) if i % every == every - 1]

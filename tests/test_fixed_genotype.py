@@ -17,7 +17,7 @@ from darts.method.fixed_genotype import FIRST, SECOND, genotype_alpha, set_genot
 from darts.method.registry import METHODS, Untrained
 from darts.nn.supernet import SearchNetwork
 from darts.space.parse import parse_genotype
-from darts.space.primitives import N_EDGES, search_ops
+from darts.space.primitives import N_EDGES, PRIMITIVES
 from darts.space.projection import derive_genotype
 from darts.space.published import PUBLISHED, published_genotype
 from stages.cli import app
@@ -42,7 +42,7 @@ def test_each_published_cell_comes_back_from_pi_s_in_its_own_order(name):
 
 
 def test_the_alpha_is_two_on_each_nodes_first_pair_one_on_its_second_zero_elsewhere():
-    ops = search_ops("softmax")
+    ops = PRIMITIVES
     g = published_genotype("DARTS_V2")  # reduce node 1 lists source 2 before source 1: order matters
     alpha = genotype_alpha(g, ops)
     rows = {(n, s): r for r, (n, s) in enumerate((n, s) for n in range(4) for s in range(2 + n))}

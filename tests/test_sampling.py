@@ -13,12 +13,12 @@ from darts.method.activations import make_activation
 from darts.method.registry import METHODS, Untrained
 from darts.method.sampling import draw_alpha, sample_genotype
 from darts.nn.supernet import SearchNetwork
-from darts.space.primitives import N_EDGES, N_INPUTS, N_NODES, search_ops
+from darts.space.primitives import N_EDGES, N_INPUTS, N_NODES, PRIMITIVES, WITHOUT_NONE
 from darts.space.projection import derive_genotype, tie_key
 from stages.params import ParamsError, run_spec, study_runs
 
 DRAWS = 3000
-OPS = search_ops("crb")  # the non-`none` ops: K = 7
+OPS = WITHOUT_NONE  # the non-`none` ops: K = 7
 
 
 def chi2_sf(x: float, k: int) -> float:
@@ -85,7 +85,7 @@ def test_the_check_rejects_a_biased_sampler():
         alpha = {t: torch.rand((N_EDGES, 8), generator=g) * (1 + 0.1 * torch.arange(N_EDGES)[:, None])
                  for t in ("normal", "reduce")}
         genotypes.append(derive_genotype({t: act(a, live) for t, a in alpha.items()}, {t: live for t in alpha},
-                                         search_ops("softmax"), {t: tie_key(a, "raw_alpha") for t, a in alpha.items()}))
+                                         PRIMITIVES, {t: tie_key(a, "raw_alpha") for t, a in alpha.items()}))
     counts = node_draws(genotypes)
     assert min(chi2_uniform(counts[i], node_cells(i)) for i in range(1, N_NODES)) < 1e-6
 

@@ -13,8 +13,8 @@ from darts.space.primitives import (
     Genotype,
     GenotypeError,
     edges,
+    WITHOUT_NONE,
     node_edge_rows,
-    search_ops,
 )
 
 # Verbatim from genotypes.py of the original DARTS repository (quark0/darts).
@@ -47,10 +47,14 @@ def test_edges_are_in_darts_order():
 
 
 def test_search_ops():
+    from darts.method.activations import make_activation
+
     assert PRIMITIVES == ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
                           "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
-    assert search_ops("softmax") == PRIMITIVES
-    assert search_ops("crb") == PRIMITIVES[1:]
+    assert WITHOUT_NONE == PRIMITIVES[1:]
+    # each activation names its own ops: softmax all 8, CRB and FairDARTS' sigmoid drop `none`
+    assert make_activation("softmax").ops == PRIMITIVES
+    assert make_activation("crb").ops == make_activation("sigmoid").ops == WITHOUT_NONE
 
 
 def test_json_round_trip():

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from darts.method.interfaces import Setting
-from darts.space.primitives import PRIMITIVES, search_ops
+from darts.space.primitives import PRIMITIVES, WITHOUT_NONE
 from darts.space.projection import best_ops, candidate_edges_per_node, rank_in_node
 
 
@@ -60,7 +60,7 @@ class Softmax:
     alpha_weight_decay_option: str | None = None
 
     def __init__(self, init_scale: float = settings["softmax_init_scale"].default):
-        self.ops = search_ops("softmax")
+        self.ops = PRIMITIVES
         self.init_scale = init_scale
 
     def init_alpha(self, n_edges: int, generator: torch.Generator) -> torch.Tensor:
@@ -95,7 +95,7 @@ class CRB:
     alpha_weight_decay_option: str | None = "crb_alpha_weight_decay"
 
     def __init__(self, init_noise: float = settings["crb_init_noise"].default):
-        self.ops = search_ops("crb")
+        self.ops = WITHOUT_NONE
         self.init_noise = init_noise
 
     def init_alpha(self, n_edges: int, generator: torch.Generator) -> torch.Tensor:
@@ -153,7 +153,7 @@ class Sigmoid(Softmax):
     threshold: float | None = 0.85
 
     def __init__(self):
-        self.ops = tuple(p for p in PRIMITIVES if p != "none")
+        self.ops = WITHOUT_NONE
 
     def init_alpha(self, n_edges: int, generator: torch.Generator) -> torch.Tensor:
         return torch.zeros(n_edges, len(self.ops))

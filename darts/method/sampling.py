@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from darts.method.activations import make_activation
-from darts.space.primitives import CELL_TYPES, N_EDGES, Genotype, search_ops
+from darts.space.primitives import CELL_TYPES, N_EDGES, Genotype
 from darts.space.projection import derive_genotype, tie_key
 
 #: added to the run's seed so the α draw is not the stream that initialised the weights
@@ -40,7 +40,7 @@ def sample_genotype(seed: int, activation: str = "softmax") -> Genotype:
     """The genotype the random method's run of this seed gets (``draw_alpha``, then Π_S as
     `darts discretize` applies it), without building a network."""
     act = make_activation(activation)
-    ops = search_ops(activation)
+    ops = act.ops
     alpha = dict(zip(CELL_TYPES, _draws([torch.Size((N_EDGES, len(ops)))] * 2, seed)))
     live = {t: torch.ones(N_EDGES, len(ops), dtype=torch.bool) for t in CELL_TYPES}
     return derive_genotype({t: act(a, live[t]) for t, a in alpha.items()}, live, ops,

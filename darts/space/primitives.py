@@ -46,11 +46,9 @@ def node_edge_rows(n_nodes: int = N_NODES) -> list[list[int]]:
 N_EDGES = len(edges())  # 14
 
 
-def search_ops(activation: str) -> tuple[str, ...]:
-    """Candidate ops per edge: CRB drops ``none`` (K=7), softmax keeps all 8."""
-    if activation == "crb":
-        return tuple(p for p in PRIMITIVES if p != "none")
-    return PRIMITIVES
+#: the ops other than ``none``: an activation that drops ``none`` (CRB: K = 7; FairDARTS'
+#: sigmoid) searches over these; which ops it uses is the activation's own ``ops``
+WITHOUT_NONE: tuple[str, ...] = tuple(p for p in PRIMITIVES if p != "none")
 
 
 def _pair(cell: str, op: object, src: object) -> tuple[str, int]:
