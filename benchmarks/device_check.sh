@@ -2,7 +2,8 @@
 # The GPU checks, as one short run on a machine with a CUDA GPU, from the repository root:
 #   bash benchmarks/device_check.sh
 # It needs python3 with torch (CUDA), pytest, pyyaml and pillow, and installs nothing: the
-# repository goes on PYTHONPATH. In order, each phase with its own time limit, so that a
+# repository goes on PYTHONPATH, and pytest runs without the project's addopts (no pytest-xdist
+# needed there). In order, each phase with its own time limit, so that a
 # run cut short still leaves what it finished:
 #   1. the CUDA-only tests (no host sync in the α step, GPU batches, GPU benchmarks);
 #   2. the suite on the GPU in float32, ours and the reference back to back
@@ -29,7 +30,7 @@ PY
 
 args() { for c in $1; do printf -- '--config %s ' "$c"; done; }
 
-timeout 240 python3 -m pytest -q -rs -p no:cacheprovider -k gpu tests/test_sync_free.py tests/test_data.py \
+timeout 240 python3 -m pytest -o addopts="" -q -rs -p no:cacheprovider -k gpu tests/test_sync_free.py tests/test_data.py \
     tests/test_history.py tests/test_bench_options.py 2>&1 | tee "$out/cuda-tests.log"
 # shellcheck disable=SC2046,SC2086
 timeout 360 python3 -m benchmarks --device "$device" --impl both $(args "$configs") $extra \
