@@ -5,9 +5,10 @@ params.yaml with some `search` keys changed, evaluated after every epoch.
 
 prints one JSON line: the search's own seconds (``Searcher.seconds``, evaluation excluded),
 and per epoch the training accuracy, the supernet's validation accuracy in eval mode (what
-the search stage reports) and with batch statistics (BatchNorm in training mode, running
-statistics left as they were). The last two together tell an undertrained network (both
-low) from stale running statistics (only the first low). It reads the prepared data the
+the search stage reported until 2026-12-07), with batch statistics (BatchNorm in training
+mode, running statistics left as they were) and after re-estimating the running statistics
+on the w split (what the search stage reports now, darts.loops.batchnorm). All low: an
+undertrained network; only the first low: running statistics that lag the weights. It reads the prepared data the
 pipeline made (``--prepared``, default data/prepared) and writes nothing but a temporary
 params file. Run it on idle cores for the seconds to mean anything.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from darts.loops.batchnorm import recalibrate_batchnorm
 from darts.loops.train import evaluate
 from stages.common import load_prepared, machine
 from stages.search import build, settings
@@ -44,6 +46,16 @@ def batch_stat_accuracy(net: torch.nn.Module, batches) -> float:
     return correct / n
 
 
+def recalibrated_accuracy(net: torch.nn.Module, batches, calibration) -> float:
+    """Eval-mode accuracy after re-estimating BN statistics on the w split (what the search
+    stage reports as val_acc, darts.loops.batchnorm); the search's own statistics are put back."""
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    recalibrate_batchnorm(net, calibration)
+    acc = evaluate(net, batches)["acc"]
+    net.load_state_dict(saved)
+    return acc
+
+
 def probe(params: str, config: str, seed: int, search: dict, prepared: str) -> dict:
     p = yaml.safe_load(Path(params).read_text())
     p["search"].update(search)
@@ -52,13 +64,16 @@ def probe(params: str, config: str, seed: int, search: dict, prepared: str) -> d
         f.flush()
         spec, cfg, extra, data = settings(f.name, config, seed)
     device = machine("cpu", 1)
-    searcher, split, val = build(spec, cfg, extra, load_prepared(prepared, "train"), device, int(data.get("seed", 0)))
+    searcher, split, (val, calibration) = build(spec, cfg, extra, load_prepared(prepared, "train"), device,
+                                                int(data.get("seed", 0)))
     epochs = []
     while not searcher.done:
         row = searcher.run_epoch()
         epochs.append({"train_acc": round(row["train_acc"], 4),
                        "val_acc": round(evaluate(searcher.net, val.epoch_batches())["acc"], 4),
-                       "val_acc_batch_stats": round(batch_stat_accuracy(searcher.net, val.epoch_batches()), 4)})
+                       "val_acc_batch_stats": round(batch_stat_accuracy(searcher.net, val.epoch_batches()), 4),
+                       "val_acc_recalibrated": round(recalibrated_accuracy(searcher.net, val.epoch_batches(),
+                                                                           calibration.epoch_batches()), 4)})
     return {"config": config, "seed": seed, "search": search, "w_steps": searcher.step,
             "search_seconds": round(searcher.seconds, 2), "final_val_acc": epochs[-1]["val_acc"], "epochs": epochs}
 

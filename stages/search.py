@@ -126,7 +126,9 @@ def search_settings(params: dict, spec: RunSpec) -> tuple[SearchConfig, dict]:
 def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torch.device, data_seed: int):
     """The search state of a run, freshly initialised from its seed: the bilevel Searcher, or
     for a method that sets α without training (random sampling), its `Untrained` state.
-    Returns (state, split, validation batches to evaluate the supernet on, or None)."""
+    Returns (state, split, evaluation or None): the evaluation is (validation batches to
+    score the supernet on, w-split batches to re-estimate its BatchNorm statistics on first),
+    both unaugmented and in a fixed order."""
     seed_everything(spec.seed)
     method = METHODS[spec.method]
     if not method.trains_supernet:
@@ -152,8 +154,9 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
                         generator=g, in_channels=train_set.channels, **method.network_options).to(device)
     searcher = Searcher(net, cfg, schedule, regularizer, train_stream, val_stream)
     split = {"train_fraction": frac, "train": len(tr_idx), "val": len(va_idx)}
-    val_eval = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=0, device=device, train=False)
-    return searcher, split, val_eval
+    evaluation = tuple(BatchStream(train_set.take(idx), cfg.batch_size, seed=0, device=device, train=False)
+                       for idx in (va_idx, tr_idx))
+    return searcher, split, evaluation
 
 
 def settings(params_path: str, config: str | None, seed: int | None) -> tuple[RunSpec, SearchConfig, dict, dict]:
@@ -189,7 +192,7 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
     if recorded != split_seed:  # dvc.yaml's search stages see data params through data/prepared only
         raise ParamsError(f"prepared data {prepared} was made with data.seed={recorded} but params say "
                           f"data.seed={split_seed}; rerun `darts prepare-split`")
-    searcher, split, val_eval = build(spec, cfg, extra, train_set, device, split_seed)
+    searcher, split, evaluation = build(spec, cfg, extra, train_set, device, split_seed)
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +232,8 @@ def run(params_path: str, config: str | None, seed: int | None, prepared: str, o
         run_epochs(searcher, lambda should_stop: searcher.run_epoch(on_step=on_step, should_stop=should_stop),
                    stop.is_set, progress, end_epoch, stopped)
     # a method that trains no supernet has nothing to evaluate (its val_acc stays null)
-    final = {} if val_eval is None else evaluate_supernet(searcher.net, val_eval.epoch_batches())
+    final = ({} if evaluation is None else
+             evaluate_supernet(searcher.net, *(stream.epoch_batches() for stream in evaluation)))
     net = searcher.net
     ckpt.save_atomic({"state": net.state_dict(), "ops": list(net.ops), "activation": spec.activation,
                       "C": extra["C"], "layers": extra["layers"], "n_classes": len(train_set.classes),

@@ -21,7 +21,7 @@ def test_probe_runs_the_changed_search_and_reports_each_epoch(tiny_params_file, 
     # 352 images, half for w at batch 8: 22 w steps per epoch, two epochs
     assert row["w_steps"] == 44 and len(row["epochs"]) == 2 and row["search"] == {"epochs": 2, "batch_size": 8}
     for e in row["epochs"]:
-        assert set(e) == {"train_acc", "val_acc", "val_acc_batch_stats"}
+        assert set(e) == {"train_acc", "val_acc", "val_acc_batch_stats", "val_acc_recalibrated"}
         assert all(0.0 <= v <= 1.0 for v in e.values())
     assert row["final_val_acc"] == row["epochs"][-1]["val_acc"] and row["search_seconds"] > 0
 

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from darts.loops.batchnorm import recalibrate_batchnorm
 from darts.loops.history import History
 from darts.loops.train import autocast, clip_grad_norm, evaluate, frozen_gc, sgd
 from darts.method.unrolled import BN_STATS
@@ -351,11 +352,22 @@ class Searcher:
         self._acc = None if acc is None else {k: v.to(dev) if torch.is_tensor(v) else v for k, v in acc.items()}
 
 
-def evaluate_supernet(net: SearchNetwork, batches) -> dict:
+def evaluate_supernet(net: SearchNetwork, batches, calibration=None) -> dict:
     """Loss/accuracy of the supernet on held-out search data (the validation part), summed on
-    the device and read once (``darts.loops.train.evaluate``), not twice per batch."""
+    the device and read once (``darts.loops.train.evaluate``), not twice per batch.
+
+    With ``calibration`` batches (the w split's), the BatchNorm running statistics are first
+    re-estimated on them at the final weights (``darts.loops.batchnorm``: the running averages
+    lag fast-moving weights), and the eval-mode accuracy with the running statistics as the
+    search left them is reported beside, as ``val_acc_running_stats``. The network keeps the
+    re-estimated statistics."""
+    out = {}
+    if calibration is not None:
+        batches = list(batches)  # scored twice
+        out["val_acc_running_stats"] = evaluate(net, batches)["acc"]
+        recalibrate_batchnorm(net, calibration)
     r = evaluate(net, batches)
-    return {"val_loss": r["loss"], "val_acc": r["acc"]}
+    return {"val_loss": r["loss"], "val_acc": r["acc"], **out}
 
 
 def final_ties(net: SearchNetwork, tie_break: str) -> dict[str, dict[str, int]]:
