@@ -16,7 +16,11 @@ import yaml
 
 from conftest import ROOT, tiny_params
 
-pytestmark = pytest.mark.slow
+# One worker runs this file's tests, in order: they share one repository (the module's
+# `repo`), and the later ones build on what the first one ran (`--dist loadgroup`,
+# pyproject.toml). Spread over workers, each would get a fresh repo and the order-dependent
+# checks would fail or, worse, pass by luck of the scheduling.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 
 if shutil.which("dvc") is None or shutil.which("darts") is None:
     pytest.skip("dvc or the darts command is not installed (pip install -e '.[test]')", allow_module_level=True)
