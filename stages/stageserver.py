@@ -45,7 +45,10 @@ from .stageclient import _FORWARDED, _MAX, _here, interpreter
 #: modules the server imports once: every stage that a chain runs, and the CLI
 PRELOAD = ("stages.cli", "stages.check_params", "stages.prepare_split", "stages.search", "stages.discretize",
            "stages.retrain", "stages.test",
-           "dvclive", "dvc.repo")  # what the live log (stages/livelog.py) imports in every search and retrain
+           "dvclive", "dvc.repo",  # what the live log (stages/livelog.py) imports in every search and retrain
+           # what torch imports lazily when a stage builds its first optimizer (torch.optim's
+           # Optimizer.__init__): over a second per search and retrain stage otherwise
+           "torch._dynamo")
 # --------------------------------------------------------------------------- lifecycle
 
 @contextmanager
