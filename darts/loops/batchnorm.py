@@ -7,9 +7,10 @@ by statistics of earlier weights, and its accuracy understates what it has learn
 quick study's second-order DARTS supernets scored far lower in eval mode than with
 batch statistics (benchmarks/README.md, "Learning probe"). One-shot NAS
 re-estimates the statistics before it evaluates a network for that reason (BN
-recalibration: Guo et al. 2020, "Single Path One-Shot NAS"). At the paper's scale
-(50 epochs) the two estimates agree and this changes nothing; at the quick scale it
-measures the supernet instead of its averaging lag.
+recalibration: Guo et al. 2020, "Single Path One-Shot NAS"). Late in a long search
+(the paper's 50 epochs) the weights move little between steps and the two estimates
+should be close; in short searches they are not (README, *Deviations and choices* 14, has
+the measured gaps), and this measures the supernet instead of its averaging lag.
 """
 from __future__ import annotations
 
