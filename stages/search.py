@@ -147,15 +147,16 @@ def build(spec: RunSpec, cfg: SearchConfig, extra: dict, train_set, device: torc
             raise ParamsError(f"search.batch_size={cfg.batch_size} is larger than the {part} part of the search "
                               f"split ({len(idx)} of {len(train_set)} images at train fraction {frac:.4f}); "
                               "lower the batch size or raise data.train_size")
-    train_stream = BatchStream(train_set.take(tr_idx), cfg.batch_size, seed=spec.seed, device=device)
-    val_stream = BatchStream(train_set.take(va_idx), cfg.batch_size, seed=spec.seed + 1, device=device)
+    w_set, val_set = train_set.take(tr_idx), train_set.take(va_idx)  # one copy each: the streams only read them
+    train_stream = BatchStream(w_set, cfg.batch_size, seed=spec.seed, device=device)
+    val_stream = BatchStream(val_set, cfg.batch_size, seed=spec.seed + 1, device=device)
     g = torch.Generator().manual_seed(spec.seed)
     net = SearchNetwork(activation, C=extra["C"], n_classes=len(train_set.classes), layers=extra["layers"],
                         generator=g, in_channels=train_set.channels, **method.network_options).to(device)
     searcher = Searcher(net, cfg, schedule, regularizer, train_stream, val_stream)
     split = {"train_fraction": frac, "train": len(tr_idx), "val": len(va_idx)}
-    evaluation = tuple(BatchStream(train_set.take(idx), cfg.batch_size, seed=0, device=device, train=False)
-                       for idx in (va_idx, tr_idx))
+    evaluation = tuple(BatchStream(part, cfg.batch_size, seed=0, device=device, train=False)
+                       for part in (val_set, w_set))
     return searcher, split, evaluation
 
 
